@@ -1,0 +1,253 @@
+"""The `kloop` command: run the local platform and talk to its services."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from kloop_client.local import LocalPlatformError, http_ok, recorded_processes
+from kloop_client.platform import (
+    Endpoints,
+    LocalPlatformSettings,
+    platform_down,
+    platform_up,
+    services,
+)
+from kloop_client.sdk import KloopClient, KloopError
+
+app = typer.Typer(help="kloop: the production ML loop.", no_args_is_help=True)
+models_app = typer.Typer(help="Registered models and versions.", no_args_is_help=True)
+alias_app = typer.Typer(help="Set or delete an alias (no gate).", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(alias_app, name="alias")
+console = Console()
+err = Console(stderr=True)
+
+ModelArg = Annotated[str, typer.Argument(help="Registered model name.")]
+
+
+def _settings() -> LocalPlatformSettings:
+    return LocalPlatformSettings()
+
+
+def _endpoints() -> Endpoints:
+    s = _settings()
+    return Endpoints.load(s.home.resolve()) or Endpoints.from_settings(s)
+
+
+@contextmanager
+def _client() -> Iterator[KloopClient]:
+    ep = _endpoints()
+    client = KloopClient(ep.training_addr, ep.registry_addr)
+    try:
+        yield client
+    except KloopError as e:
+        err.print(f"[red]error[/] {e.code}: {e.message}")
+        if e.code == "UNAVAILABLE":
+            err.print("is the platform up? try: kloop up")
+        raise typer.Exit(1) from None
+    finally:
+        client.close()
+
+
+@app.command()
+def up() -> None:
+    """Start Redis, MLflow and every service as local processes; wait until ready."""
+    s = _settings()
+    try:
+        ep = platform_up(s, log=lambda m: console.print(f"[dim]·[/] {m}"))
+    except LocalPlatformError as e:
+        err.print(f"[red]kloop up failed[/]: {e}")
+        raise typer.Exit(1) from None
+    _print_endpoints(ep)
+
+
+@app.command()
+def down() -> None:
+    """Stop every process of the local platform (whole process groups)."""
+    stopped = platform_down(_settings())
+    console.print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
+
+
+@app.command()
+def status() -> None:
+    """Show each local process: running or not, ready or not, where."""
+    s = _settings()
+    home = s.home.resolve()
+    ep = _endpoints()
+    procs = {p.name: p for p in recorded_processes(home)}
+    ready_urls = {svc.name: f"http://127.0.0.1:{svc.http_port}/readyz" for svc in services(s, ep)}
+    ready_urls["mlflow"] = f"{ep.mlflow_url}/health"
+    table = Table("process", "pid", "state", "log")
+    healthy = bool(procs)
+    for name in ("redis", "mlflow", *(svc.name for svc in services(s, ep))):
+        p = procs.get(name)
+        if p is None or not p.alive():
+            state, healthy = "[red]stopped[/]", False
+        elif name in ready_urls and not http_ok(ready_urls[name]):
+            state, healthy = "[yellow]not ready[/]", False
+        else:
+            state = "[green]ready[/]"
+        table.add_row(name, str(p.pid) if p else "-", state, str(p.log_path) if p else "-")
+    console.print(table)
+    if healthy:
+        _print_endpoints(ep)
+    raise typer.Exit(0 if healthy else 1)
+
+
+def _print_endpoints(ep: Endpoints) -> None:
+    table = Table("endpoint", "address", title="kloop is up")
+    table.add_row("MLflow UI", ep.mlflow_url)
+    table.add_row("Redis", ep.redis_url)
+    table.add_row("registry gRPC", ep.registry_addr)
+    table.add_row("training gRPC", ep.training_addr)
+    table.add_row("registry /metrics", f"{ep.registry_http}/metrics")
+    table.add_row("training /metrics", f"{ep.training_http}/metrics")
+    console.print(table)
+
+
+@app.command()
+def demo(
+    model: Annotated[str, typer.Option(help="Model name to use.")] = "sentiment",
+) -> None:
+    """Run the loop end to end on the running platform and narrate it."""
+    from kloop_client.demo import Demo
+
+    s = _settings()
+    with _client() as client:
+        Demo(client, _endpoints(), s.home.resolve(), console).run(model)
+
+
+@app.command()
+def train(
+    model: Annotated[str, typer.Option(help="Model name to register under.")] = "sentiment",
+    dataset: Annotated[
+        str | None, typer.Option(help="CSV or JSONL (text,label); default: built-in.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Random seed (0: service default).")] = 0,
+    epochs: Annotated[int, typer.Option(help="Epochs (0: service default).")] = 0,
+) -> None:
+    """Train a model version and follow the run to the end."""
+    with _client() as client:
+        run = client.train(
+            model,
+            dataset_uri=dataset,
+            params={"seed": seed, "epochs": epochs},
+            on_event=lambda e: console.print(f"{e.progress * 100:5.1f}% {e.stage} {e.message}"),
+        )
+        if run.model_version:
+            console.print(f"version {run.model_version}: {dict(run.metrics)}")
+        else:
+            err.print(f"[red]run failed[/]: {run.error}")
+            raise typer.Exit(1)
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """List registered models and their aliases."""
+    with _client() as client:
+        table = Table("model", "latest", "aliases")
+        for m in client.list_models():
+            aliases = ", ".join(f"{a}→v{v}" for a, v in sorted(m.aliases.items()))
+            table.add_row(m.name, m.latest_version, aliases)
+        console.print(table)
+
+
+@models_app.command("versions")
+def models_versions(model: ModelArg) -> None:
+    """List a model's versions with aliases, metrics and digests."""
+    with _client() as client:
+        table = Table("version", "aliases", "accuracy", "log_loss", "sha256", "run")
+        for v in client.list_versions(model):
+            m = dict(v.metrics)
+            table.add_row(
+                v.version,
+                ",".join(v.aliases),
+                f"{m.get('accuracy', float('nan')):.3f}",
+                f"{m.get('log_loss', float('nan')):.3f}",
+                v.sha256[:12],
+                v.run_id[:12],
+            )
+        console.print(table)
+
+
+@models_app.command("resolve")
+def models_resolve(model: ModelArg, alias: str = "production") -> None:
+    """Which version an alias points at."""
+    with _client() as client:
+        v = client.resolve(model, alias)
+        console.print(f"{model}@{alias} → v{v.version} (sha256 {v.sha256})")
+
+
+@app.command()
+def promote(
+    model: ModelArg,
+    version: str,
+    to: Annotated[str, typer.Option(help="Alias to move if approved.")] = "production",
+    baseline: Annotated[str, typer.Option(help="Alias to compare against.")] = "production",
+    reason: str = "",
+    dry_run: bool = False,
+) -> None:
+    """Run the promotion gate; move the alias only if the candidate wins."""
+    with _client() as client:
+        d = client.promote(
+            model, version, target=to, baseline=baseline, reason=reason, dry_run=dry_run
+        )
+        console.print(("APPROVED" if d.approved else "REJECTED") + f": {d.explanation}")
+        raise typer.Exit(0 if d.approved else 3)
+
+
+@alias_app.command("set")
+def alias_set(model: ModelArg, alias: str, version: str, reason: str = "") -> None:
+    """Point an alias at a version."""
+    with _client() as client:
+        c = client.set_alias(model, alias, version, reason)
+        console.print(f"{model}@{alias}: v{c.previous_version or '-'} → v{c.version}")
+
+
+@alias_app.command("delete")
+def alias_delete(model: ModelArg, alias: str, reason: str = "") -> None:
+    """Remove an alias."""
+    with _client() as client:
+        c = client.delete_alias(model, alias, reason)
+        console.print(f"{model}@{alias}: v{c.previous_version or '-'} → (none)")
+
+
+@app.command()
+def rollback(model: ModelArg, alias: str = "production", reason: str = "") -> None:
+    """Move an alias back to the version it pointed at before its last change."""
+    with _client() as client:
+        c = client.rollback(model, alias, reason)
+        console.print(f"{model}@{alias}: v{c.previous_version} → v{c.version}")
+
+
+@app.command()
+def history(model: ModelArg, limit: int = 0) -> None:
+    """The model's audit trail: every alias change and gate decision."""
+    with _client() as client:
+        table = Table(
+            "time", "action", "alias", "version", "previous", "actor", "reason", "details"
+        )
+        for e in client.history(model, limit):
+            details = " ".join(f"{k}={v}" for k, v in sorted(e.details.items()))
+            table.add_row(
+                e.time.ToDatetime().isoformat(timespec="seconds"),
+                e.action,
+                e.alias,
+                e.version,
+                e.previous_version,
+                e.actor,
+                e.reason,
+                details,
+            )
+        console.print(table)
+
+
+def main() -> None:
+    app(sys.argv[1:])

@@ -1,0 +1,148 @@
+"""The local platform: which processes `kloop up` starts, on which ports, in which order."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from kloop_client.local import (
+    LocalPlatformError,
+    ManagedProcess,
+    http_ok,
+    recorded_processes,
+    start_mlflow,
+    start_process,
+    start_redis,
+    stop_recorded,
+)
+
+
+class LocalPlatformSettings(BaseSettings):
+    """Ports and state directory of the local platform (env: KLOOP_LOCAL_*)."""
+
+    model_config = SettingsConfigDict(env_prefix="KLOOP_LOCAL_", extra="ignore")
+
+    home: Path = Path(".kloop")
+    redis_port: int = 16379
+    mlflow_port: int = 15000
+    registry_grpc_port: int = 50151
+    registry_http_port: int = 18151
+    training_grpc_port: int = 50152
+    training_http_port: int = 18152
+    start_timeout_seconds: float = 120.0
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str
+    grpc_port: int
+    http_port: int
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def script(self) -> str:
+        # The console script uv installed next to this interpreter.
+        found = Path(sys.executable).parent / f"kloop-{self.name}"
+        return str(found) if found.exists() else (shutil.which(f"kloop-{self.name}") or str(found))
+
+    def process_env(self) -> dict[str, str]:
+        prefix = f"KLOOP_{self.name.upper().replace('-', '_')}_"
+        ports = {"GRPC_PORT": str(self.grpc_port), "HTTP_PORT": str(self.http_port)}
+        return {prefix + k: v for k, v in {**ports, **self.env}.items()}
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """What `kloop up` wrote to <home>/platform.json, read by every other command."""
+
+    redis_url: str
+    mlflow_url: str
+    registry_addr: str
+    training_addr: str
+    registry_http: str
+    training_http: str
+
+    def save(self, home: Path) -> None:
+        (home / "platform.json").write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, home: Path) -> Endpoints | None:
+        try:
+            return cls(**json.loads((home / "platform.json").read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    @classmethod
+    def from_settings(cls, s: LocalPlatformSettings) -> Endpoints:
+        return cls(
+            redis_url=f"redis://127.0.0.1:{s.redis_port}/0",
+            mlflow_url=f"http://127.0.0.1:{s.mlflow_port}",
+            registry_addr=f"127.0.0.1:{s.registry_grpc_port}",
+            training_addr=f"127.0.0.1:{s.training_grpc_port}",
+            registry_http=f"http://127.0.0.1:{s.registry_http_port}",
+            training_http=f"http://127.0.0.1:{s.training_http_port}",
+        )
+
+
+def services(s: LocalPlatformSettings, ep: Endpoints) -> list[ServiceSpec]:
+    """Every implemented service, in start order (dependencies first)."""
+    common = {"REDIS_URL": ep.redis_url, "MLFLOW_TRACKING_URI": ep.mlflow_url}
+    return [
+        ServiceSpec("registry", s.registry_grpc_port, s.registry_http_port, dict(common)),
+        ServiceSpec(
+            "training",
+            s.training_grpc_port,
+            s.training_http_port,
+            {**common, "REGISTRY_ADDR": ep.registry_addr},
+        ),
+    ]
+
+
+def platform_up(s: LocalPlatformSettings, log: Callable[[str], None] = print) -> Endpoints:
+    """Start Redis, MLflow and every service; on any failure stop what was started."""
+    home = s.home.resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    ep = Endpoints.from_settings(s)
+    running = {p.name for p in recorded_processes(home) if p.alive()}
+    expected = {"redis", "mlflow", *(svc.name for svc in services(s, ep))}
+    if running == expected and Endpoints.load(home) == ep:
+        log("platform already up")
+        return ep
+    stop_recorded(home)  # leftovers of a crashed CLI or a half-started platform
+    started: list[ManagedProcess] = []
+    try:
+        log(f"starting redis on {ep.redis_url}")
+        started.append(start_redis(s.redis_port, home))
+        log(f"starting mlflow on {ep.mlflow_url} (about 10 s)")
+        started.append(start_mlflow(s.mlflow_port, home))
+        for svc in services(s, ep):
+            log(f"starting {svc.name} (gRPC :{svc.grpc_port}, HTTP :{svc.http_port})")
+            started.append(
+                start_process(
+                    svc.name,
+                    [svc.script],
+                    state_dir=home,
+                    env=svc.process_env(),
+                    ready=lambda port=svc.http_port: http_ok(f"http://127.0.0.1:{port}/readyz"),
+                    timeout=s.start_timeout_seconds,
+                )
+            )
+    except (LocalPlatformError, OSError) as e:
+        for proc in reversed(started):
+            proc.stop()
+        raise LocalPlatformError(str(e)) from e
+    ep.save(home)
+    return ep
+
+
+def platform_down(s: LocalPlatformSettings) -> list[str]:
+    home = s.home.resolve()
+    stopped = stop_recorded(home)
+    (home / "platform.json").unlink(missing_ok=True)
+    return stopped
