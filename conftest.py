@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from kloop_client.local import free_port, start_mlflow, start_redis
 
 # Clients of a dead MLflow must fail fast in tests instead of retrying for minutes.

@@ -16,12 +16,13 @@ from typing import Any
 
 import pytest
 import redis
-from kloop_core.logging import configure_logging
-from kloop_core.tracing import configure_tracing
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from kloop_core.logging import configure_logging
+from kloop_core.tracing import configure_tracing
 
 
 def free_port() -> int:

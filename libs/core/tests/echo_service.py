@@ -10,12 +10,13 @@ from typing import Any
 
 import grpc
 import redis
+from opentelemetry import trace
+from pydantic_settings import SettingsConfigDict
+
 from kloop_core import errors
 from kloop_core.grpc_server import GrpcApp, run_service
 from kloop_core.logging import get_logger, request_id_var
 from kloop_core.settings import Port, ServiceSettings, load_settings
-from opentelemetry import trace
-from pydantic_settings import SettingsConfigDict
 
 SERVICE = "kloop.test.v1.Echo"
 log = get_logger("echo")

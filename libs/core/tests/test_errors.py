@@ -6,6 +6,7 @@ from typing import Any
 import grpc
 import pytest
 import redis
+
 from kloop_core import errors
 from kloop_core.errors import (
     ERROR_CODE_KEY,

@@ -17,10 +17,11 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from prometheus_client import REGISTRY
+
 from kloop_core import errors
 from kloop_core.errors import ERROR_CODE_KEY, RETRY_AFTER_KEY, error_from_rpc
 from kloop_core.grpc_server import RunningService, start_service
-from prometheus_client import REGISTRY
 
 SERVICE = "kloop.test.v1.Echo"
 ALL_ERRORS = [

@@ -8,11 +8,12 @@ import pytest
 import redis
 from fastapi import FastAPI, HTTPException
 from fastapi.testclient import TestClient
+from prometheus_client import REGISTRY
+from pydantic import BaseModel, Field
+
 from kloop_core import errors
 from kloop_core.http_app import create_http_app
 from kloop_core.logging import request_id_var
-from prometheus_client import REGISTRY
-from pydantic import BaseModel, Field
 
 
 class Item(BaseModel):

@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import SecretStr
+
 from kloop_core.logging import (
     bind_request_id,
     configure_logging,
@@ -18,7 +20,6 @@ from kloop_core.logging import (
 )
 from kloop_core.redaction import MASK, is_secret_key
 from kloop_core.tracing import get_tracer
-from pydantic import SecretStr
 
 
 @pytest.fixture(autouse=True)

@@ -4,8 +4,9 @@ import socket
 import threading
 import time
 
-from kloop_core.redis import create_redis, redis_ping
 from pydantic import SecretStr
+
+from kloop_core.redis import create_redis, redis_ping
 
 
 def test_round_trip_with_a_secret_url(redis_url: str) -> None:

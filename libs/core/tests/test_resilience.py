@@ -9,6 +9,7 @@ import pytest
 import redis
 from hypothesis import given
 from hypothesis import strategies as st
+
 from kloop_core import errors
 from kloop_core.grpc_server import RunningService, start_service
 from kloop_core.resilience import (

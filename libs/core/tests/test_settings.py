@@ -7,9 +7,10 @@ import textwrap
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from kloop_core.settings import Port, ServiceSettings, load_settings, redacted_dict
 from pydantic import SecretStr
 from pydantic_settings import SettingsConfigDict
+
+from kloop_core.settings import Port, ServiceSettings, load_settings, redacted_dict
 
 
 class TrainingSettings(ServiceSettings):

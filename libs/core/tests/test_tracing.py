@@ -10,16 +10,17 @@ from typing import Any
 import grpc
 import pytest
 from fastapi.testclient import TestClient
-from kloop_core.grpc_server import RunningService, start_service
-from kloop_core.http_app import create_http_app
-from kloop_core.logging import bind_request_id, request_id_var
-from kloop_core.resilience import grpc_channel
-from kloop_core.tracing import configure_tracing, get_tracer
 from opentelemetry import trace
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
+
+from kloop_core.grpc_server import RunningService, start_service
+from kloop_core.http_app import create_http_app
+from kloop_core.logging import bind_request_id, request_id_var
+from kloop_core.resilience import grpc_channel
+from kloop_core.tracing import configure_tracing, get_tracer
 
 SERVICE = "kloop.test.v1.Echo"
 

@@ -130,15 +130,15 @@ def train(
     dataset: Annotated[
         str | None, typer.Option(help="CSV or JSONL (text,label); default: built-in.")
     ] = None,
-    seed: Annotated[int, typer.Option(help="Random seed (0: service default).")] = 0,
-    epochs: Annotated[int, typer.Option(help="Epochs (0: service default).")] = 0,
+    seed: Annotated[int | None, typer.Option(help="Random seed (default: the service's).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs (default: the service's).")] = None,
 ) -> None:
     """Train a model version and follow the run to the end."""
     with _client() as client:
         run = client.train(
             model,
             dataset_uri=dataset,
-            params={"seed": seed, "epochs": epochs},
+            params={k: v for k, v in {"seed": seed, "epochs": epochs}.items() if v is not None},
             on_event=lambda e: console.print(f"{e.progress * 100:5.1f}% {e.stage} {e.message}"),
         )
         if run.model_version:
@@ -251,3 +251,7 @@ def history(model: ModelArg, limit: int = 0) -> None:
 
 def main() -> None:
     app(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    main()

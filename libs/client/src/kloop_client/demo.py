@@ -4,23 +4,24 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
-from kloop.registry.v1 import registry_pb2 as reg
-from kloop.training.v1 import training_pb2 as tr
-from kloop_model.dataset import builtin_dataset, shifted_dataset
 from rich.console import Console
 from rich.table import Table
 
+from kloop.registry.v1 import registry_pb2 as reg
+from kloop.training.v1 import training_pb2 as tr
 from kloop_client.platform import Endpoints
 from kloop_client.sdk import KloopClient, KloopError
+from kloop_model.dataset import builtin_dataset, shifted_dataset
 
 STAGE_STYLE = {tr.RUN_STATE_SUCCEEDED: "green", tr.RUN_STATE_FAILED: "red"}
 SHOWN_METRICS = ("accuracy", "f1", "roc_auc", "log_loss")
 
 
-def _fmt_metrics(metrics: dict[str, float] | object) -> str:
-    m = dict(metrics)  # type: ignore[call-overload]
+def _fmt_metrics(metrics: Mapping[str, float]) -> str:
+    m = dict(metrics)
     return ", ".join(f"{k} {m[k]:.3f}" for k in SHOWN_METRICS if k in m)
 
 
@@ -59,7 +60,7 @@ class Demo:
                 seen.append(e.stage)
                 self.out.print(f"    [dim]{e.progress * 100:5.1f}%[/] {e.stage}  {e.message}")
 
-        run = self.c.train(model, on_event=on_event, **kwargs)  # type: ignore[arg-type]
+        run = self.c.train(model, on_event=on_event, **kwargs)
         took = time.monotonic() - started
         if run.state != tr.RUN_STATE_SUCCEEDED:
             raise KloopError("FAILED", f"run {run.run_id} failed: {run.error}")

@@ -92,7 +92,7 @@ def _group_alive(pgid: int) -> bool:
 def http_ok(url: str, timeout: float = 1.0) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (loopback only)
-            return 200 <= resp.status < 300
+            return bool(200 <= resp.status < 300)
     except OSError:
         return False
 

@@ -7,6 +7,7 @@ import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -123,13 +124,14 @@ def platform_up(s: LocalPlatformSettings, log: Callable[[str], None] = print) ->
         started.append(start_mlflow(s.mlflow_port, home))
         for svc in services(s, ep):
             log(f"starting {svc.name} (gRPC :{svc.grpc_port}, HTTP :{svc.http_port})")
+            readyz = f"http://127.0.0.1:{svc.http_port}/readyz"
             started.append(
                 start_process(
                     svc.name,
                     [svc.script],
                     state_dir=home,
                     env=svc.process_env(),
-                    ready=lambda port=svc.http_port: http_ok(f"http://127.0.0.1:{port}/readyz"),
+                    ready=partial(http_ok, readyz),
                     timeout=s.start_timeout_seconds,
                 )
             )

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import grpc
+
 from kloop.registry.v1 import registry_pb2 as reg
 from kloop.registry.v1 import registry_pb2_grpc as reg_grpc
 from kloop.training.v1 import training_pb2 as tr
@@ -28,7 +29,7 @@ def _call(fn: Callable[..., Any], request: Any, timeout: float | None) -> Any:
     try:
         return fn(request, timeout=timeout)
     except grpc.RpcError as e:
-        raise KloopError(e.code().name, e.details() or "") from None  # type: ignore[attr-defined]
+        raise KloopError(e.code().name, e.details() or "") from None
 
 
 def actor() -> str:
@@ -82,7 +83,7 @@ class KloopClient:
         try:
             yield from self.training.WatchRun(tr.WatchRunRequest(run_id=run_id), timeout=timeout)
         except grpc.RpcError as e:
-            raise KloopError(e.code().name, e.details() or "") from None  # type: ignore[attr-defined]
+            raise KloopError(e.code().name, e.details() or "") from None
 
     def train(
         self,

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n kloop/training/v1/training.proto\x12\x11kloop.training.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"I\n\x0b\x44\x61tasetSpec\x12\x11\n\x07\x62uiltin\x18\x01 \x01(\x08H\x00\x12\r\n\x03uri\x18\x02 \x01(\tH\x00\x12\x0e\n\x06\x66ormat\x18\x03 \x01(\tB\x08\n\x06source\"\x8e\x01\n\x0eTrainingParams\x12\x0c\n\x04seed\x18\x01 \x01(\x03\x12\x15\n\rtest_fraction\x18\x02 \x01(\x01\x12\x15\n\rlearning_rate\x18\x03 \x01(\x01\x12\x0e\n\x06\x65pochs\x18\x04 \x01(\x05\x12\n\n\x02l2\x18\x05 \x01(\x01\x12\x11\n\tmax_vocab\x18\x06 \x01(\x05\x12\x11\n\tmin_count\x18\x07 \x01(\x05\"\x8d\x02\n\x10SubmitRunRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12/\n\x07\x64\x61taset\x18\x02 \x01(\x0b\x32\x1e.kloop.training.v1.DatasetSpec\x12\x31\n\x06params\x18\x03 \x01(\x0b\x32!.kloop.training.v1.TrainingParams\x12;\n\x04tags\x18\x04 \x03(\x0b\x32-.kloop.training.v1.SubmitRunRequest.TagsEntry\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xd2\x04\n\x03Run\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12*\n\x05state\x18\x03 \x01(\x0e\x32\x1b.kloop.training.v1.RunState\x12\r\n\x05stage\x18\x04 \x01(\t\x12\x10\n\x08progress\x18\x05 \x01(\x01\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rmlflow_run_id\x18\t \x01(\t\x12\x15\n\rmodel_version\x18\n \x01(\t\x12\x16\n\x0e\x64\x61taset_digest\x18\x0b \x01(\t\x12\x34\n\x07metrics\x18\x0c \x03(\x0b\x32#.kloop.training.v1.Run.MetricsEntry\x12\r\n\x05\x65rror\x18\r \x01(\t\x12\x31\n\x06params\x18\x0e \x01(\x0b\x32!.kloop.training.v1.TrainingParams\x12.\n\x04tags\x18\x0f \x03(\x0b\x32 .kloop.training.v1.Run.TagsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"L\n\x0fListRunsRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"Q\n\x10ListRunsResponse\x12$\n\x04runs\x18\x01 \x03(\x0b\x32\x16.kloop.training.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"!\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\xc7\x01\n\x08RunEvent\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12*\n\x05state\x18\x02 \x01(\x0e\x32\x1b.kloop.training.v1.RunState\x12\r\n\x05stage\x18\x03 \x01(\t\x12\x10\n\x08progress\x18\x04 \x01(\x01\x12\x0f\n\x07message\x18\x05 \x01(\t\x12(\n\x04time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12#\n\x03run\x18\x07 \x01(\x0b\x32\x16.kloop.training.v1.Run*\x81\x01\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10RUN_STATE_QUEUED\x10\x01\x12\x15\n\x11RUN_STATE_RUNNING\x10\x02\x12\x17\n\x13RUN_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10RUN_STATE_FAILED\x10\x04\x32\xc3\x02\n\x0fTrainingService\x12H\n\tSubmitRun\x12#.kloop.training.v1.SubmitRunRequest\x1a\x16.kloop.training.v1.Run\x12\x42\n\x06GetRun\x12 .kloop.training.v1.GetRunRequest\x1a\x16.kloop.training.v1.Run\x12S\n\x08ListRuns\x12\".kloop.training.v1.ListRunsRequest\x1a#.kloop.training.v1.ListRunsResponse\x12M\n\x08WatchRun\x12\".kloop.training.v1.WatchRunRequest\x1a\x1b.kloop.training.v1.RunEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n kloop/training/v1/training.proto\x12\x11kloop.training.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"I\n\x0b\x44\x61tasetSpec\x12\x11\n\x07\x62uiltin\x18\x01 \x01(\x08H\x00\x12\r\n\x03uri\x18\x02 \x01(\tH\x00\x12\x0e\n\x06\x66ormat\x18\x03 \x01(\tB\x08\n\x06source\"\x8c\x02\n\x0eTrainingParams\x12\x11\n\x04seed\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x1a\n\rtest_fraction\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x1a\n\rlearning_rate\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x13\n\x06\x65pochs\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x0f\n\x02l2\x18\x05 \x01(\x01H\x04\x88\x01\x01\x12\x16\n\tmax_vocab\x18\x06 \x01(\x05H\x05\x88\x01\x01\x12\x16\n\tmin_count\x18\x07 \x01(\x05H\x06\x88\x01\x01\x42\x07\n\x05_seedB\x10\n\x0e_test_fractionB\x10\n\x0e_learning_rateB\t\n\x07_epochsB\x05\n\x03_l2B\x0c\n\n_max_vocabB\x0c\n\n_min_count\"\x8d\x02\n\x10SubmitRunRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12/\n\x07\x64\x61taset\x18\x02 \x01(\x0b\x32\x1e.kloop.training.v1.DatasetSpec\x12\x31\n\x06params\x18\x03 \x01(\x0b\x32!.kloop.training.v1.TrainingParams\x12;\n\x04tags\x18\x04 \x03(\x0b\x32-.kloop.training.v1.SubmitRunRequest.TagsEntry\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x83\x05\n\x03Run\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12*\n\x05state\x18\x03 \x01(\x0e\x32\x1b.kloop.training.v1.RunState\x12\r\n\x05stage\x18\x04 \x01(\t\x12\x10\n\x08progress\x18\x05 \x01(\x01\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rmlflow_run_id\x18\t \x01(\t\x12\x15\n\rmodel_version\x18\n \x01(\t\x12\x16\n\x0e\x64\x61taset_digest\x18\x0b \x01(\t\x12\x34\n\x07metrics\x18\x0c \x03(\x0b\x32#.kloop.training.v1.Run.MetricsEntry\x12\r\n\x05\x65rror\x18\r \x01(\t\x12\x31\n\x06params\x18\x0e \x01(\x0b\x32!.kloop.training.v1.TrainingParams\x12.\n\x04tags\x18\x0f \x03(\x0b\x32 .kloop.training.v1.Run.TagsEntry\x12/\n\x07\x64\x61taset\x18\x10 \x01(\x0b\x32\x1e.kloop.training.v1.DatasetSpec\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"L\n\x0fListRunsRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"Q\n\x10ListRunsResponse\x12$\n\x04runs\x18\x01 \x03(\x0b\x32\x16.kloop.training.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"!\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\xc7\x01\n\x08RunEvent\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12*\n\x05state\x18\x02 \x01(\x0e\x32\x1b.kloop.training.v1.RunState\x12\r\n\x05stage\x18\x03 \x01(\t\x12\x10\n\x08progress\x18\x04 \x01(\x01\x12\x0f\n\x07message\x18\x05 \x01(\t\x12(\n\x04time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12#\n\x03run\x18\x07 \x01(\x0b\x32\x16.kloop.training.v1.Run*\x81\x01\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10RUN_STATE_QUEUED\x10\x01\x12\x15\n\x11RUN_STATE_RUNNING\x10\x02\x12\x17\n\x13RUN_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10RUN_STATE_FAILED\x10\x04\x32\xc3\x02\n\x0fTrainingService\x12H\n\tSubmitRun\x12#.kloop.training.v1.SubmitRunRequest\x1a\x16.kloop.training.v1.Run\x12\x42\n\x06GetRun\x12 .kloop.training.v1.GetRunRequest\x1a\x16.kloop.training.v1.Run\x12S\n\x08ListRuns\x12\".kloop.training.v1.ListRunsRequest\x1a#.kloop.training.v1.ListRunsResponse\x12M\n\x08WatchRun\x12\".kloop.training.v1.WatchRunRequest\x1a\x1b.kloop.training.v1.RunEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,32 +38,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RUN_METRICSENTRY']._serialized_options = b'8\001'
   _globals['_RUN_TAGSENTRY']._loaded_options = None
   _globals['_RUN_TAGSENTRY']._serialized_options = b'8\001'
-  _globals['_RUNSTATE']._serialized_start=1609
-  _globals['_RUNSTATE']._serialized_end=1738
+  _globals['_RUNSTATE']._serialized_start=1784
+  _globals['_RUNSTATE']._serialized_end=1913
   _globals['_DATASETSPEC']._serialized_start=88
   _globals['_DATASETSPEC']._serialized_end=161
   _globals['_TRAININGPARAMS']._serialized_start=164
-  _globals['_TRAININGPARAMS']._serialized_end=306
-  _globals['_SUBMITRUNREQUEST']._serialized_start=309
-  _globals['_SUBMITRUNREQUEST']._serialized_end=578
-  _globals['_SUBMITRUNREQUEST_TAGSENTRY']._serialized_start=535
-  _globals['_SUBMITRUNREQUEST_TAGSENTRY']._serialized_end=578
-  _globals['_RUN']._serialized_start=581
-  _globals['_RUN']._serialized_end=1175
-  _globals['_RUN_METRICSENTRY']._serialized_start=1084
-  _globals['_RUN_METRICSENTRY']._serialized_end=1130
-  _globals['_RUN_TAGSENTRY']._serialized_start=535
-  _globals['_RUN_TAGSENTRY']._serialized_end=578
-  _globals['_GETRUNREQUEST']._serialized_start=1177
-  _globals['_GETRUNREQUEST']._serialized_end=1208
-  _globals['_LISTRUNSREQUEST']._serialized_start=1210
-  _globals['_LISTRUNSREQUEST']._serialized_end=1286
-  _globals['_LISTRUNSRESPONSE']._serialized_start=1288
-  _globals['_LISTRUNSRESPONSE']._serialized_end=1369
-  _globals['_WATCHRUNREQUEST']._serialized_start=1371
-  _globals['_WATCHRUNREQUEST']._serialized_end=1404
-  _globals['_RUNEVENT']._serialized_start=1407
-  _globals['_RUNEVENT']._serialized_end=1606
-  _globals['_TRAININGSERVICE']._serialized_start=1741
-  _globals['_TRAININGSERVICE']._serialized_end=2064
+  _globals['_TRAININGPARAMS']._serialized_end=432
+  _globals['_SUBMITRUNREQUEST']._serialized_start=435
+  _globals['_SUBMITRUNREQUEST']._serialized_end=704
+  _globals['_SUBMITRUNREQUEST_TAGSENTRY']._serialized_start=661
+  _globals['_SUBMITRUNREQUEST_TAGSENTRY']._serialized_end=704
+  _globals['_RUN']._serialized_start=707
+  _globals['_RUN']._serialized_end=1350
+  _globals['_RUN_METRICSENTRY']._serialized_start=1259
+  _globals['_RUN_METRICSENTRY']._serialized_end=1305
+  _globals['_RUN_TAGSENTRY']._serialized_start=661
+  _globals['_RUN_TAGSENTRY']._serialized_end=704
+  _globals['_GETRUNREQUEST']._serialized_start=1352
+  _globals['_GETRUNREQUEST']._serialized_end=1383
+  _globals['_LISTRUNSREQUEST']._serialized_start=1385
+  _globals['_LISTRUNSREQUEST']._serialized_end=1461
+  _globals['_LISTRUNSRESPONSE']._serialized_start=1463
+  _globals['_LISTRUNSRESPONSE']._serialized_end=1544
+  _globals['_WATCHRUNREQUEST']._serialized_start=1546
+  _globals['_WATCHRUNREQUEST']._serialized_end=1579
+  _globals['_RUNEVENT']._serialized_start=1582
+  _globals['_RUNEVENT']._serialized_end=1781
+  _globals['_TRAININGSERVICE']._serialized_start=1916
+  _globals['_TRAININGSERVICE']._serialized_end=2239
 # @@protoc_insertion_point(module_scope)

@@ -73,7 +73,7 @@ class SubmitRunRequest(_message.Message):
     def __init__(self, model_name: _Optional[str] = ..., dataset: _Optional[_Union[DatasetSpec, _Mapping]] = ..., params: _Optional[_Union[TrainingParams, _Mapping]] = ..., tags: _Optional[_Mapping[str, str]] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
 class Run(_message.Message):
-    __slots__ = ("run_id", "model_name", "state", "stage", "progress", "created_at", "started_at", "finished_at", "mlflow_run_id", "model_version", "dataset_digest", "metrics", "error", "params", "tags")
+    __slots__ = ("run_id", "model_name", "state", "stage", "progress", "created_at", "started_at", "finished_at", "mlflow_run_id", "model_version", "dataset_digest", "metrics", "error", "params", "tags", "dataset")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -103,6 +103,7 @@ class Run(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     TAGS_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     model_name: str
     state: RunState
@@ -118,7 +119,8 @@ class Run(_message.Message):
     error: str
     params: TrainingParams
     tags: _containers.ScalarMap[str, str]
-    def __init__(self, run_id: _Optional[str] = ..., model_name: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., stage: _Optional[str] = ..., progress: _Optional[float] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., mlflow_run_id: _Optional[str] = ..., model_version: _Optional[str] = ..., dataset_digest: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., error: _Optional[str] = ..., params: _Optional[_Union[TrainingParams, _Mapping]] = ..., tags: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    dataset: DatasetSpec
+    def __init__(self, run_id: _Optional[str] = ..., model_name: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., stage: _Optional[str] = ..., progress: _Optional[float] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., mlflow_run_id: _Optional[str] = ..., model_version: _Optional[str] = ..., dataset_digest: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., error: _Optional[str] = ..., params: _Optional[_Union[TrainingParams, _Mapping]] = ..., tags: _Optional[_Mapping[str, str]] = ..., dataset: _Optional[_Union[DatasetSpec, _Mapping]] = ...) -> None: ...
 
 class GetRunRequest(_message.Message):
     __slots__ = ("run_id",)
