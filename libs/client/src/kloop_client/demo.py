@@ -58,7 +58,8 @@ class Demo:
         def on_event(e: tr.RunEvent) -> None:
             if e.stage and (not seen or seen[-1] != e.stage):
                 seen.append(e.stage)
-                self.out.print(f"    [dim]{e.progress * 100:5.1f}%[/] {e.stage}  {e.message}")
+                detail = "" if e.message == e.stage else f"  {e.message}"
+                self.out.print(f"    [dim]{e.progress * 100:5.1f}%[/] {e.stage}{detail}")
 
         run = self.c.train(model, on_event=on_event, **kwargs)
         took = time.monotonic() - started
