@@ -79,6 +79,9 @@ demo: install ## Bring the platform up and run the loop end to end
 bench: install ## Run the benchmarks and print figures
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(RUN) python $$b || exit 1; done
 
+# Images, Helm, kustomize, offline validation, kind: see deploy/README.md.
+-include deploy/deploy.mk
+
 .PHONY: ci
 ci: lint typecheck protos-check test ## Everything CI runs
 

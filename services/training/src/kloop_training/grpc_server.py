@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -279,6 +280,37 @@ def _recover_in_background(
         delay = min(delay * 2, 10.0)
 
 
+def _build_executor(
+    settings: TrainingSettings,
+    store: RunStore,
+    tracker: MlflowTracker,
+    registry: RegistryClient,
+    config: PipelineConfig,
+) -> RunExecutor:
+    if settings.executor == "kubernetes":
+        from kloop_training.k8s_executor import JobExecutorSettings, KubernetesJobExecutor
+
+        def submit_failed(run_id: str, error: str) -> None:
+            store.record(
+                run_id,
+                state=RunState.FAILED,
+                stage="queued",
+                progress=0.0,
+                message=error,
+                error=error,
+                finished_at=time.time(),
+            )
+
+        return KubernetesJobExecutor(JobExecutorSettings(), on_submit_failed=submit_failed)
+    return LocalExecutor(
+        functools.partial(
+            execute_run, store=store, tracker=tracker, registrar=registry, config=config
+        ),
+        max_workers=settings.max_concurrent_runs,
+        drain_seconds=settings.shutdown_grace_seconds,
+    )
+
+
 def create_app(settings: TrainingSettings) -> GrpcApp:
     """Everything the service needs, wired; `kloop_core.grpc_server` runs it."""
     configure_mlflow_client(settings.mlflow_timeout_seconds, settings.mlflow_max_retries)
@@ -305,13 +337,7 @@ def create_app(settings: TrainingSettings) -> GrpcApp:
         parity_texts=settings.parity_texts,
         parity_tolerance=settings.parity_tolerance,
     )
-    executor = LocalExecutor(
-        functools.partial(
-            execute_run, store=store, tracker=tracker, registrar=registry, config=config
-        ),
-        max_workers=settings.max_concurrent_runs,
-        drain_seconds=settings.shutdown_grace_seconds,
-    )
+    executor = _build_executor(settings, store, tracker, registry, config)
     servicer = TrainingServicer(store, executor, settings)
     stop_recovery = threading.Event()
     threading.Thread(

@@ -34,8 +34,9 @@ class TrainingSettings(ServiceSettings):
     # When non-empty, dataset paths must resolve (symlinks followed) under one of these.
     dataset_roots: list[str] = []
 
-    # Where runs execute; a Kubernetes Job executor is planned beside "local".
-    executor: Literal["local"] = "local"
+    # Where runs execute: a thread pool in this process, or one Kubernetes Job per run
+    # (configured by KLOOP_TRAINING_K8S_*; the chart's in-cluster default).
+    executor: Literal["local", "kubernetes"] = "local"
     max_concurrent_runs: int = Field(default=1, ge=1, le=64)
     # Runs queued or running at once; SubmitRun answers RESOURCE_EXHAUSTED beyond it.
     max_queued_runs: int = Field(default=100, ge=1)
