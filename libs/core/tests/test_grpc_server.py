@@ -260,12 +260,16 @@ def test_client_cancellation_is_counted_and_not_logged_as_an_error(
     before = _sample("kloop_grpc_server_requests_total", **labels)
     release = threading.Event()
 
+    second_pulled = threading.Event()
+
     def requests() -> Iterator[bytes]:
         yield b"a"
+        second_pulled.set()  # the first message is on the wire
         release.wait(5)  # the client never finishes its stream
 
     call = channel.stream_unary(f"/{SERVICE}/Join").future(requests(), timeout=10)
-    time.sleep(0.2)
+    assert second_pulled.wait(5)
+    time.sleep(0.5)  # for the server to start the handler, even on a loaded machine
     call.cancel()
     release.set()
     _wait_for(lambda: _sample("kloop_grpc_server_requests_total", **labels) == before + 1)
