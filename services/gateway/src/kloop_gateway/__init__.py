@@ -1,0 +1,1 @@
+"""kloop gateway: the public front door for predictions and feedback."""
