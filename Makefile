@@ -71,8 +71,8 @@ status: ## Show the local platform's processes and endpoints
 	$(RUN) kloop status
 
 .PHONY: demo
-demo: install ## Bring the platform up and run the loop end to end
-	$(RUN) kloop up
+demo: install ## Bring a fresh platform up (wipes ./.kloop) and run the loop end to end
+	$(RUN) kloop up --fresh
 	$(RUN) kloop demo
 
 .PHONY: bench

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kloop_client.local import free_port, pid_alive, port_open, recorded_processes
+from kloop_client.local import pid_alive, port_open, recorded_processes
 
 pytestmark = pytest.mark.slow
 
@@ -32,26 +31,26 @@ def kloop(
     )
 
 
-@pytest.fixture(scope="module")
-def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    home = tmp_path_factory.mktemp("kloop-home")
-    ports = {
-        name: str(free_port())
-        for name in (
-            "REDIS_PORT",
-            "MLFLOW_PORT",
-            "REGISTRY_GRPC_PORT",
-            "REGISTRY_HTTP_PORT",
-            "TRAINING_GRPC_PORT",
-            "TRAINING_HTTP_PORT",
-        )
-    }
-    env = {
+SERVICES = ("registry", "training", "inference", "gateway", "drift-monitor")
+PORTS = ("REDIS_PORT", "MLFLOW_PORT") + tuple(
+    f"{svc.upper().replace('-', '_')}_{kind}_PORT" for svc in SERVICES for kind in ("GRPC", "HTTP")
+)
+
+
+def platform_env(home: Path) -> dict[str, str]:
+    """A platform of its own: a state directory and free ports for every process."""
+    return {
         **os.environ,
         "KLOOP_LOCAL_HOME": str(home),
         "COLUMNS": "200",
-        **{f"KLOOP_LOCAL_{k}": v for k, v in ports.items()},
+        **{f"KLOOP_LOCAL_{name}": str(free_port()) for name in PORTS},
     }
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    home = tmp_path_factory.mktemp("kloop-home")
+    env = platform_env(home)
     up = kloop(env, "up")
     assert up.returncode == 0, up.stdout + up.stderr
     try:
@@ -63,14 +62,14 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
 def test_up_is_ready_and_idempotent(platform: dict[str, str]) -> None:
     status = kloop(platform, "status")
     assert status.returncode == 0, status.stdout + status.stderr
-    for name in ("redis", "mlflow", "registry", "training"):
+    for name in ("redis", "mlflow", *SERVICES):
         assert re.search(rf"{name}\s.*ready", status.stdout), status.stdout
     again = kloop(platform, "up")
     assert again.returncode == 0 and "already up" in again.stdout
 
 
 def test_demo_runs_the_loop_end_to_end(platform: dict[str, str]) -> None:
-    demo = kloop(platform, "demo", "--model", "demo-sentiment")
+    demo = kloop(platform, "demo")
     out = demo.stdout
     assert demo.returncode == 0, out + demo.stderr
     # v1 approved as the first production version, the worse challenger rejected and the
@@ -78,21 +77,49 @@ def test_demo_runs_the_loop_end_to_end(platform: dict[str, str]) -> None:
     decisions = re.findall(r"gate → production: (APPROVED|REJECTED)", out)
     assert decisions == ["APPROVED", "REJECTED", "APPROVED"], out
     assert re.search(r"log_loss on the same holdout \(\d+ rows", out), out
+    # Served through the gateway over HTTP and gRPC, with a cache hit on a repeat.
+    assert re.search(r"HTTP  'an excellent product, it works perfectly': positive", out), out
+    assert re.search(r"gRPC  'the service was friendly and quick': \w+ \([0-9.]+\) by v3", out)
+    assert "the same text again: first cache miss, then cache hit" in out, out
     assert re.search(r"rollback: production v3 → v1", out), out
     assert re.search(r"roll forward: production v1 → v3", out), out
+    # The alias moved twice under live traffic and no request failed.
+    assert re.search(r"\d+ requests, 0 failed; versions answering, in order: v3 → v1 → v3", out)
     assert "audit trail" in out
 
-    history = kloop(platform, "history", "demo-sentiment")
+    again = kloop(platform, "demo")
+    assert again.returncode == 1 and "ALREADY_EXISTS" in again.stderr, again.stderr
+
+    history = kloop(platform, "history", "sentiment")
     assert history.returncode == 0
     for action in ("promotion_approved", "promotion_rejected", "rollback"):
         assert action in history.stdout, history.stdout
 
-    resolved = kloop(platform, "models", "resolve", "demo-sentiment", "--alias", "production")
+    resolved = kloop(platform, "models", "resolve", "sentiment", "--alias", "production")
     assert resolved.returncode == 0 and "→ v3" in resolved.stdout, resolved.stdout
 
 
+def test_predict_over_http_and_grpc_with_the_local_key(platform: dict[str, str]) -> None:
+    http = kloop(platform, "predict", "a wonderful, reliable product")
+    assert http.returncode == 0, http.stdout + http.stderr
+    assert re.search(r"positive \(score 0\.\d+\) by sentiment v\d+ \[production\]", http.stdout)
+    grpc_ = kloop(platform, "predict", "--grpc", "a wonderful, reliable product")
+    assert grpc_.returncode == 0 and "by sentiment v" in grpc_.stdout, grpc_.stderr
+    home = Path(platform["KLOOP_LOCAL_HOME"])
+    assert (home / "api-key").stat().st_mode & 0o777 == 0o600
+
+    no_key = kloop({**platform, "KLOOP_API_KEY": "kloop_000000000000_wrong"}, "predict", "hi")
+    assert no_key.returncode == 1 and "401" in no_key.stderr, no_key.stderr
+
+    created = kloop(platform, "keys", "create", "--scope", "feedback", "-q")
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.strip().splitlines()[-1]
+    wrong_scope = kloop({**platform, "KLOOP_API_KEY": token}, "predict", "hi")
+    assert wrong_scope.returncode == 1 and "403" in wrong_scope.stderr, wrong_scope.stderr
+
+
 def test_errors_are_clear_and_nonzero(platform: dict[str, str]) -> None:
-    missing = kloop(platform, "promote", "demo-sentiment", "999")
+    missing = kloop(platform, "promote", "sentiment", "999")
     assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr, missing.stderr
     bad = kloop(platform, "train", "--dataset", "/nonexistent/data.csv")
     assert bad.returncode == 1, bad.stdout + bad.stderr
@@ -100,19 +127,10 @@ def test_errors_are_clear_and_nonzero(platform: dict[str, str]) -> None:
 
 
 def test_down_leaves_nothing_running(tmp_path: Path) -> None:
-    env = {
-        **os.environ,
-        "KLOOP_LOCAL_HOME": str(tmp_path),
-        "KLOOP_LOCAL_REDIS_PORT": str(free_port()),
-        "KLOOP_LOCAL_MLFLOW_PORT": str(free_port()),
-        "KLOOP_LOCAL_REGISTRY_GRPC_PORT": str(free_port()),
-        "KLOOP_LOCAL_REGISTRY_HTTP_PORT": str(free_port()),
-        "KLOOP_LOCAL_TRAINING_GRPC_PORT": str(free_port()),
-        "KLOOP_LOCAL_TRAINING_HTTP_PORT": str(free_port()),
-    }
+    env = platform_env(tmp_path)
     assert kloop(env, "up").returncode == 0
     pids = [p.pid for p in recorded_processes(tmp_path)]
-    assert len(pids) == 4 and all(pid_alive(p) for p in pids)
+    assert len(pids) == 2 + len(SERVICES) and all(pid_alive(p) for p in pids)
 
     down = kloop(env, "down")
 

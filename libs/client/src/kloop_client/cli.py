@@ -2,30 +2,36 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated
 
+import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from kloop_client.keys_cli import keys_app
 from kloop_client.local import LocalPlatformError, http_ok, recorded_processes
 from kloop_client.platform import (
     Endpoints,
     LocalPlatformSettings,
+    api_key_path,
     platform_down,
     platform_up,
     services,
 )
-from kloop_client.sdk import KloopClient, KloopError
+from kloop_client.sdk import GatewayClient, KloopClient, KloopError
 
 app = typer.Typer(help="kloop: the production ML loop.", no_args_is_help=True)
 models_app = typer.Typer(help="Registered models and versions.", no_args_is_help=True)
 alias_app = typer.Typer(help="Set or delete an alias (no gate).", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(alias_app, name="alias")
+app.add_typer(keys_app, name="keys")
 console = Console()
 err = Console(stderr=True)
 
@@ -57,9 +63,16 @@ def _client() -> Iterator[KloopClient]:
 
 
 @app.command()
-def up() -> None:
+def up(
+    fresh: Annotated[
+        bool, typer.Option(help="Stop the platform and delete its state (models, runs) first.")
+    ] = False,
+) -> None:
     """Start Redis, MLflow and every service as local processes; wait until ready."""
     s = _settings()
+    if fresh:
+        platform_down(s)
+        shutil.rmtree(s.home.resolve(), ignore_errors=True)
     try:
         ep = platform_up(s, log=lambda m: console.print(f"[dim]·[/] {m}"))
     except LocalPlatformError as e:
@@ -107,6 +120,10 @@ def _print_endpoints(ep: Endpoints) -> None:
     table.add_row("Redis", ep.redis_url)
     table.add_row("registry gRPC", ep.registry_addr)
     table.add_row("training gRPC", ep.training_addr)
+    table.add_row("gateway HTTP (docs)", f"{ep.gateway_http}/docs")
+    table.add_row("gateway gRPC", ep.gateway_addr)
+    table.add_row("inference OIP HTTP / gRPC", f"{ep.inference_http}/v2  {ep.inference_addr}")
+    table.add_row("drift monitor", f"{ep.drift_monitor_http}/v1/status")
     table.add_row("registry /metrics", f"{ep.registry_http}/metrics")
     table.add_row("training /metrics", f"{ep.training_http}/metrics")
     console.print(table)
@@ -120,8 +137,8 @@ def demo(
     from kloop_client.demo import Demo
 
     s = _settings()
-    with _client() as client:
-        Demo(client, _endpoints(), s.home.resolve(), console).run(model)
+    with _client() as client, _gateway() as gateway:
+        Demo(client, gateway, _endpoints(), s.home.resolve(), console).run(model)
 
 
 @app.command()
@@ -146,6 +163,49 @@ def train(
         else:
             err.print(f"[red]run failed[/]: {run.error}")
             raise typer.Exit(1)
+
+
+@contextmanager
+def _gateway() -> Iterator[GatewayClient]:
+    ep = _endpoints()
+    key_file = api_key_path(_settings().home.resolve())
+    key = os.environ.get("KLOOP_API_KEY") or (
+        key_file.read_text().strip() if key_file.exists() else ""
+    )
+    client = GatewayClient(ep.gateway_http, ep.gateway_addr, key)
+    try:
+        yield client
+    except KloopError as e:
+        err.print(f"[red]error[/] {e.code}: {e.message}")
+        raise typer.Exit(1) from None
+    except httpx.HTTPError as e:
+        err.print(f"[red]error[/] gateway unreachable at {ep.gateway_http}: {e}")
+        raise typer.Exit(1) from None
+    finally:
+        client.close()
+
+
+@app.command()
+def predict(
+    text: Annotated[str, typer.Argument(help="The text to classify.")],
+    model: Annotated[str, typer.Option(help="Registered model name.")] = "sentiment",
+    grpc_: Annotated[bool, typer.Option("--grpc", help="Use the gateway's gRPC API.")] = False,
+) -> None:
+    """Classify a text through the gateway (API key: KLOOP_API_KEY or the local one)."""
+    with _gateway() as gw:
+        if grpc_:
+            p = gw.predict_grpc(model, text)
+            console.print(
+                f"{p.label} (score {p.score:.4f}) by {p.model.name} v{p.model.version} "
+                f"\\[{p.model.alias}] id {p.id}"
+            )
+        else:
+            body, cached = gw.predict_http(model, text)
+            m = body["model"]
+            console.print(
+                f"{body['label']} (score {body['score']:.4f}) by {m['name']} v{m['version']} "
+                f"\\[{m['alias']}]{' (cache hit)' if cached else ''} id {body['id']}"
+            )
 
 
 @models_app.command("list")

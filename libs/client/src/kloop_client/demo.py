@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -13,7 +14,7 @@ from rich.table import Table
 from kloop.registry.v1 import registry_pb2 as reg
 from kloop.training.v1 import training_pb2 as tr
 from kloop_client.platform import Endpoints
-from kloop_client.sdk import KloopClient, KloopError
+from kloop_client.sdk import GatewayClient, KloopClient, KloopError
 from kloop_model.dataset import builtin_dataset, shifted_dataset
 
 STAGE_STYLE = {tr.RUN_STATE_SUCCEEDED: "green", tr.RUN_STATE_FAILED: "red"}
@@ -25,14 +26,14 @@ def _fmt_metrics(metrics: Mapping[str, float]) -> str:
     return ", ".join(f"{k} {m[k]:.3f}" for k in SHOWN_METRICS if k in m)
 
 
-def _pick_model_name(client: KloopClient, wanted: str) -> str:
-    existing = {m.name for m in client.list_models()}
-    if wanted not in existing:
-        return wanted
-    n = 2
-    while f"{wanted}-{n}" in existing:
-        n += 1
-    return f"{wanted}-{n}"
+def _require_new_model(client: KloopClient, model: str) -> None:
+    """The demo tells the story of a model from its first version."""
+    if model in {m.name for m in client.list_models()}:
+        raise KloopError(
+            "ALREADY_EXISTS",
+            f"model {model!r} already has versions on this platform; start from a clean "
+            "state with `kloop up --fresh` (or `make demo`, which does)",
+        )
 
 
 def write_extended_dataset(home: Path) -> Path:
@@ -46,9 +47,73 @@ def write_extended_dataset(home: Path) -> Path:
     return path
 
 
+def wait_for_version(gw: GatewayClient, model: str, version: str, timeout: float = 60.0) -> None:
+    """Until the gateway answers with `version` (inference hot-reloads on registry events)."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            body, _ = gw.predict_http(model, f"is v{version} live yet {time.time_ns()}")
+            if body["model"]["version"] == version:
+                return
+            last = f"v{body['model']['version']} still answering"
+        except KloopError as e:
+            last = e
+        time.sleep(0.25)
+    raise KloopError("DEADLINE_EXCEEDED", f"v{version} not served after {timeout:.0f} s: {last}")
+
+
+class LiveTraffic:
+    """A background client predicting through the gateway until the block ends."""
+
+    def __init__(self, gw: GatewayClient, model: str) -> None:
+        self.gw, self.model = gw, model
+        self.sent = self.failed = 0
+        self.versions_in_order: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="kloop-demo-traffic", daemon=True)
+
+    def _run(self) -> None:
+        n = 0
+        while not self._stop.is_set():
+            n += 1
+            try:
+                # Distinct texts: every request really reaches the model.
+                body, _ = self.gw.predict_http(self.model, f"live traffic request {n} works well")
+                version = body["model"]["version"]
+                if not self.versions_in_order or self.versions_in_order[-1] != version:
+                    self.versions_in_order.append(version)
+            except (KloopError, OSError):
+                self.failed += 1
+            self.sent += 1
+
+    def wait_for_version(self, version: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.versions_in_order and self.versions_in_order[-1] == version:
+                return
+            time.sleep(0.05)
+        raise KloopError("DEADLINE_EXCEEDED", f"v{version} not served after {timeout:.0f} s")
+
+    def __enter__(self) -> LiveTraffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
 class Demo:
-    def __init__(self, client: KloopClient, endpoints: Endpoints, home: Path, console: Console):
-        self.c, self.ep, self.home, self.out = client, endpoints, home, console
+    def __init__(
+        self,
+        client: KloopClient,
+        gateway: GatewayClient,
+        endpoints: Endpoints,
+        home: Path,
+        console: Console,
+    ):
+        self.c, self.gw, self.ep, self.home, self.out = client, gateway, endpoints, home, console
 
     def train(self, model: str, title: str, **kwargs: object) -> tr.Run:
         self.out.print(f"  training: {title}")
@@ -88,13 +153,11 @@ class Demo:
             )
         return d
 
-    def run(self, wanted_model: str = "sentiment") -> None:
+    def run(self, model: str = "sentiment") -> None:
         out = self.out
-        model = _pick_model_name(self.c, wanted_model)
+        _require_new_model(self.c, model)
         out.rule("[bold]kloop demo: train → track → register → gate → promote → roll back")
         out.print(f"MLflow UI: [link]{self.ep.mlflow_url}[/]   model: [bold]{model}[/]")
-        if model != wanted_model:
-            out.print(f"  ({wanted_model!r} already exists from an earlier run; using {model!r})")
         started = time.monotonic()
 
         out.rule("1. v1 on the built-in dataset")
@@ -114,17 +177,58 @@ class Demo:
         )
         self.gate(model, better.model_version)
 
-        out.rule("4. roll back, then forward")
-        back = self.c.rollback(model, "production", reason="kloop demo: roll back")
-        out.print(f"  rollback: production v{back.previous_version} → v{back.version}")
-        fwd = self.c.rollback(model, "production", reason="kloop demo: roll forward")
-        out.print(f"  roll forward: production v{fwd.previous_version} → v{fwd.version}")
+        self.serve(model)
+
+        out.rule("5. roll back, then forward, under live traffic")
+        with LiveTraffic(self.gw, model) as traffic:
+            back = self.c.rollback(model, "production", reason="kloop demo: roll back")
+            out.print(f"  rollback: production v{back.previous_version} → v{back.version}")
+            traffic.wait_for_version(back.version)
+            fwd = self.c.rollback(model, "production", reason="kloop demo: roll forward")
+            out.print(f"  roll forward: production v{fwd.previous_version} → v{fwd.version}")
+            traffic.wait_for_version(fwd.version)
+        out.print(
+            f"  live traffic through the gateway: {traffic.sent} requests, "
+            f"{traffic.failed} failed; versions answering, in order: "
+            f"{' → '.join('v' + v for v in traffic.versions_in_order)}"
+        )
 
         out.rule("summary")
         self.summary(model)
         out.print(
             f"loop wall time: {time.monotonic() - started:.1f} s   "
             f"MLflow UI: {self.ep.mlflow_url}   stop the platform with: kloop down"
+        )
+
+    def serve(self, model: str) -> None:
+        out = self.out
+        out.rule("4. serve: predictions through the gateway")
+        production = self.c.resolve(model, "production").version
+        out.print(f"  waiting for inference to load production v{production} …")
+        wait_for_version(self.gw, model, production)
+        for text in ("an excellent product, it works perfectly", "broken on arrival, a waste"):
+            body, _ = self.gw.predict_http(model, text)
+            out.print(
+                f"  HTTP  {text!r}: {body['label']} ({body['score']:.3f}) "
+                f"by v{body['model']['version']} \\[{body['model']['alias']}]"
+            )
+        p = self.gw.predict_grpc(model, "the service was friendly and quick")
+        out.print(
+            f"  gRPC  'the service was friendly and quick': {p.label} ({p.score:.3f}) "
+            f"by v{p.model.version} \\[{p.model.alias}]"
+        )
+        text = f"kloop demo cache check {time.time_ns()}"
+        _, first_cached = self.gw.predict_http(model, text)
+        # The gateway writes cache entries off the request path, in small batches.
+        deadline = time.monotonic() + 5
+        while True:
+            _, cached = self.gw.predict_http(model, text)
+            if cached or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        out.print(
+            f"  the same text again: first {'cache hit' if first_cached else 'cache miss'}, "
+            f"then {'cache hit' if cached else 'cache miss'}"
         )
 
     def summary(self, model: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from collections.abc import Callable
@@ -22,6 +23,8 @@ from kloop_client.local import (
     start_redis,
     stop_recorded,
 )
+from kloop_core.api_keys import SCOPES, ApiKeyStore
+from kloop_core.redis import create_redis
 
 
 class LocalPlatformSettings(BaseSettings):
@@ -36,7 +39,15 @@ class LocalPlatformSettings(BaseSettings):
     registry_http_port: int = 18151
     training_grpc_port: int = 50152
     training_http_port: int = 18152
+    inference_grpc_port: int = 50153
+    inference_http_port: int = 18153
+    gateway_grpc_port: int = 50154
+    gateway_http_port: int = 18154
+    drift_monitor_grpc_port: int = 50156
+    drift_monitor_http_port: int = 18156
     start_timeout_seconds: float = 120.0
+    # The models the inference service serves (its production, canary and challenger).
+    models: list[str] = ["sentiment"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +56,9 @@ class ServiceSpec:
     grpc_port: int
     http_port: int
     env: dict[str, str] = field(default_factory=dict)
+    # What `kloop up` waits for. Services that are only ready once a production model
+    # exists (inference, and the gateway in front of it) are waited for as live.
+    ready_path: str = "/readyz"
 
     @property
     def script(self) -> str:
@@ -68,6 +82,11 @@ class Endpoints:
     training_addr: str
     registry_http: str
     training_http: str
+    inference_addr: str = ""
+    inference_http: str = ""
+    gateway_addr: str = ""
+    gateway_http: str = ""
+    drift_monitor_http: str = ""
 
     def save(self, home: Path) -> None:
         (home / "platform.json").write_text(json.dumps(asdict(self), indent=2))
@@ -88,6 +107,11 @@ class Endpoints:
             training_addr=f"127.0.0.1:{s.training_grpc_port}",
             registry_http=f"http://127.0.0.1:{s.registry_http_port}",
             training_http=f"http://127.0.0.1:{s.training_http_port}",
+            inference_addr=f"127.0.0.1:{s.inference_grpc_port}",
+            inference_http=f"http://127.0.0.1:{s.inference_http_port}",
+            gateway_addr=f"127.0.0.1:{s.gateway_grpc_port}",
+            gateway_http=f"http://127.0.0.1:{s.gateway_http_port}",
+            drift_monitor_http=f"http://127.0.0.1:{s.drift_monitor_http_port}",
         )
 
 
@@ -100,6 +124,36 @@ def services(s: LocalPlatformSettings, ep: Endpoints) -> list[ServiceSpec]:
             "training",
             s.training_grpc_port,
             s.training_http_port,
+            {**common, "REGISTRY_ADDR": ep.registry_addr},
+        ),
+        ServiceSpec(
+            "inference",
+            s.inference_grpc_port,
+            s.inference_http_port,
+            {
+                "REGISTRY_ADDR": ep.registry_addr,
+                "CACHE_DIR": str(s.home.resolve() / "models"),
+                "MODELS": json.dumps({m: ["production", "canary", "challenger"] for m in s.models}),
+            },
+            ready_path="/livez",
+        ),
+        ServiceSpec(
+            "gateway",
+            s.gateway_grpc_port,
+            s.gateway_http_port,
+            # Raw text in prediction events: this is the user's own machine, and the drift
+            # monitor then measures OOV rate and token drift too.
+            {
+                "REDIS_URL": ep.redis_url,
+                "INFERENCE_ADDR": ep.inference_addr,
+                "EVENT_INCLUDE_TEXT": "true",
+            },
+            ready_path="/livez",
+        ),
+        ServiceSpec(
+            "drift-monitor",
+            s.drift_monitor_grpc_port,
+            s.drift_monitor_http_port,
             {**common, "REGISTRY_ADDR": ep.registry_addr},
         ),
     ]
@@ -124,7 +178,7 @@ def platform_up(s: LocalPlatformSettings, log: Callable[[str], None] = print) ->
         started.append(start_mlflow(s.mlflow_port, home))
         for svc in services(s, ep):
             log(f"starting {svc.name} (gRPC :{svc.grpc_port}, HTTP :{svc.http_port})")
-            readyz = f"http://127.0.0.1:{svc.http_port}/readyz"
+            readyz = f"http://127.0.0.1:{svc.http_port}{svc.ready_path}"
             started.append(
                 start_process(
                     svc.name,
@@ -140,7 +194,28 @@ def platform_up(s: LocalPlatformSettings, log: Callable[[str], None] = print) ->
             proc.stop()
         raise LocalPlatformError(str(e)) from e
     ep.save(home)
+    ensure_api_key(home, ep)
     return ep
+
+
+def api_key_path(home: Path) -> Path:
+    return home / "api-key"
+
+
+def ensure_api_key(home: Path, ep: Endpoints) -> str:
+    """The local platform's all-scopes gateway key, created once, kept mode 0600."""
+    path = api_key_path(home)
+    if path.exists():
+        return path.read_text().strip()
+    client = create_redis(ep.redis_url)
+    try:
+        _, token = ApiKeyStore(client).create(SCOPES, name="local platform (kloop up)")
+    finally:
+        client.close()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token
 
 
 def platform_down(s: LocalPlatformSettings) -> list[str]:

@@ -7,7 +7,10 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import grpc
+import httpx
 
+from kloop.gateway.v1 import gateway_pb2 as gw
+from kloop.gateway.v1 import gateway_pb2_grpc as gw_grpc
 from kloop.registry.v1 import registry_pb2 as reg
 from kloop.registry.v1 import registry_pb2_grpc as reg_grpc
 from kloop.training.v1 import training_pb2 as tr
@@ -158,3 +161,48 @@ class KloopClient:
     def history(self, name: str, limit: int = 0) -> list[reg.AuditEntry]:
         req = reg.GetHistoryRequest(name=name, limit=limit)
         return list(_call(self.registry.GetHistory, req, self.timeout).entries)
+
+
+class GatewayClient:
+    """The gateway's public API: HTTP (JSON) or gRPC, with an API key."""
+
+    def __init__(self, http_url: str, grpc_addr: str, api_key: str, timeout: float = 10.0):
+        self.timeout = timeout
+        self._key = api_key
+        self._http = httpx.Client(
+            base_url=http_url, timeout=timeout, headers={"Authorization": f"Bearer {api_key}"}
+        )
+        self._channel = grpc.insecure_channel(grpc_addr)
+        self._stub = gw_grpc.GatewayServiceStub(self._channel)
+
+    def close(self) -> None:
+        self._http.close()
+        self._channel.close()
+
+    def __enter__(self) -> GatewayClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def predict_http(self, model: str, text: str) -> tuple[dict[str, Any], bool]:
+        """The prediction and whether the gateway answered it from its cache."""
+        resp = self._http.post(f"/v1/models/{model}/predict", json={"text": text})
+        if resp.status_code != 200:
+            try:
+                error = resp.json()["error"]
+                code, message = error["code"], error["message"]
+            except (ValueError, KeyError, TypeError):
+                code, message = str(resp.status_code), resp.text
+            raise KloopError(f"HTTP {resp.status_code} {code}", message)
+        return resp.json(), resp.headers.get("x-kloop-cache-hits", "0") != "0"
+
+    def predict_grpc(self, model: str, text: str) -> gw.Prediction:
+        try:
+            return self._stub.Predict(
+                gw.PredictRequest(model=model, text=text),
+                timeout=self.timeout,
+                metadata=(("authorization", f"Bearer {self._key}"),),
+            )
+        except grpc.RpcError as e:
+            raise KloopError(e.code().name, e.details() or "") from None
