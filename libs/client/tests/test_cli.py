@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from kloop_client.local import pid_alive, port_open, recorded_processes
+from kloop_client.local import free_port, pid_alive, port_open, recorded_processes
 
 pytestmark = pytest.mark.slow
 
@@ -32,8 +33,10 @@ def kloop(
 
 
 SERVICES = ("registry", "training", "inference", "gateway", "drift-monitor")
-PORTS = ("REDIS_PORT", "MLFLOW_PORT") + tuple(
-    f"{svc.upper().replace('-', '_')}_{kind}_PORT" for svc in SERVICES for kind in ("GRPC", "HTTP")
+PORTS = (
+    "REDIS_PORT",
+    "MLFLOW_PORT",
+    *(f"{s.upper().replace('-', '_')}_{kind}_PORT" for s in SERVICES for kind in ("GRPC", "HTTP")),
 )
 
 
@@ -62,8 +65,10 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
 def test_up_is_ready_and_idempotent(platform: dict[str, str]) -> None:
     status = kloop(platform, "status")
     assert status.returncode == 0, status.stdout + status.stderr
-    for name in ("redis", "mlflow", *SERVICES):
-        assert re.search(rf"{name}\s.*ready", status.stdout), status.stdout
+    for name in ("redis", "mlflow", "registry", "training", "drift-monitor"):
+        assert re.search(rf"{name}\s.*│ ready", status.stdout), status.stdout
+    for name in ("inference", "gateway"):  # nothing to serve before the first promotion
+        assert re.search(rf"{name}\s.*live, no production model yet", status.stdout)
     again = kloop(platform, "up")
     assert again.returncode == 0 and "already up" in again.stdout
 
@@ -87,6 +92,8 @@ def test_demo_runs_the_loop_end_to_end(platform: dict[str, str]) -> None:
     assert re.search(r"\d+ requests, 0 failed; versions answering, in order: v3 → v1 → v3", out)
     assert "audit trail" in out
 
+    check_predict_over_http_and_grpc_with_the_local_key(platform)
+
     again = kloop(platform, "demo")
     assert again.returncode == 1 and "ALREADY_EXISTS" in again.stderr, again.stderr
 
@@ -99,11 +106,11 @@ def test_demo_runs_the_loop_end_to_end(platform: dict[str, str]) -> None:
     assert resolved.returncode == 0 and "→ v3" in resolved.stdout, resolved.stdout
 
 
-def test_predict_over_http_and_grpc_with_the_local_key(platform: dict[str, str]) -> None:
-    http = kloop(platform, "predict", "a wonderful, reliable product")
+def check_predict_over_http_and_grpc_with_the_local_key(platform: dict[str, str]) -> None:
+    http = kloop(platform, "predict", "an excellent product, it works perfectly")
     assert http.returncode == 0, http.stdout + http.stderr
     assert re.search(r"positive \(score 0\.\d+\) by sentiment v\d+ \[production\]", http.stdout)
-    grpc_ = kloop(platform, "predict", "--grpc", "a wonderful, reliable product")
+    grpc_ = kloop(platform, "predict", "--grpc", "an excellent product, it works perfectly")
     assert grpc_.returncode == 0 and "by sentiment v" in grpc_.stdout, grpc_.stderr
     home = Path(platform["KLOOP_LOCAL_HOME"])
     assert (home / "api-key").stat().st_mode & 0o777 == 0o600

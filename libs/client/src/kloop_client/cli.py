@@ -95,16 +95,23 @@ def status() -> None:
     home = s.home.resolve()
     ep = _endpoints()
     procs = {p.name: p for p in recorded_processes(home)}
-    ready_urls = {svc.name: f"http://127.0.0.1:{svc.http_port}/readyz" for svc in services(s, ep)}
-    ready_urls["mlflow"] = f"{ep.mlflow_url}/health"
+    probes = {svc.name: (svc.http_port, svc.ready_path) for svc in services(s, ep)}
     table = Table("process", "pid", "state", "log")
     healthy = bool(procs)
-    for name in ("redis", "mlflow", *(svc.name for svc in services(s, ep))):
+    for name in ("redis", "mlflow", *probes):
         p = procs.get(name)
         if p is None or not p.alive():
             state, healthy = "[red]stopped[/]", False
-        elif name in ready_urls and not http_ok(ready_urls[name]):
+        elif name == "mlflow" and not http_ok(f"{ep.mlflow_url}/health"):
             state, healthy = "[yellow]not ready[/]", False
+        elif name in probes and not http_ok(f"http://127.0.0.1:{probes[name][0]}/readyz"):
+            # Inference (and the gateway in front of it) are ready once a production
+            # model is loaded; before that, being live is all `kloop up` promises.
+            live = probes[name][1] != "/readyz" and http_ok(
+                f"http://127.0.0.1:{probes[name][0]}{probes[name][1]}"
+            )
+            state = "[yellow]live, no production model yet[/]" if live else "[yellow]not ready[/]"
+            healthy = healthy and live
         else:
             state = "[green]ready[/]"
         table.add_row(name, str(p.pid) if p else "-", state, str(p.log_path) if p else "-")
