@@ -48,15 +48,15 @@ typecheck: install ## mypy (strict) on libs/
 
 .PHONY: test
 test: install ## Run every test (unit, integration and slow end-to-end)
-	$(RUN) pytest $(PYTEST_ARGS)
+	$(RUN) python scripts/run_tests.py $(PYTEST_ARGS)
 
 .PHONY: test-fast
 test-fast: install ## Run the tests not marked slow
-	$(RUN) pytest -m "not slow" $(PYTEST_ARGS)
+	$(RUN) python scripts/run_tests.py -m "not slow" $(PYTEST_ARGS)
 
 .PHONY: test-e2e
 test-e2e: install ## Run only the slow end-to-end tests
-	$(RUN) pytest -m slow $(PYTEST_ARGS)
+	$(RUN) python scripts/run_tests.py -m slow $(PYTEST_ARGS)
 
 .PHONY: up
 up: install ## Start the local platform (Redis, MLflow, services) as processes
