@@ -73,8 +73,13 @@ def count(request: bytes, context: Any) -> Iterator[bytes]:
         yield (request_id_var.get() or "").encode()
 
 
+# Set when a Join call reaches its handler: tests cancel only calls the server has.
+JOIN_STARTED = threading.Event()
+
+
 def join(requests: Iterator[bytes], context: Any) -> bytes:
     """stream-unary: joins the requests; a request "raise" -> InvalidArgument."""
+    JOIN_STARTED.set()
     parts = []
     for request in requests:
         if request == b"raise":

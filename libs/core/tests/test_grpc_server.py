@@ -254,25 +254,24 @@ def test_a_call_whose_client_gave_up_is_counted_as_such(channel: grpc.Channel) -
 
 
 def test_client_cancellation_is_counted_and_not_logged_as_an_error(
-    channel: grpc.Channel, log_lines: Any
+    echo: Any, channel: grpc.Channel, log_lines: Any
 ) -> None:
     labels = {"service": "echo", "method": f"{SERVICE}/Join", "code": "CANCELLED"}
     before = _sample("kloop_grpc_server_requests_total", **labels)
     release = threading.Event()
 
-    second_pulled = threading.Event()
-
     def requests() -> Iterator[bytes]:
         yield b"a"
-        second_pulled.set()  # the first message is on the wire
-        release.wait(5)  # the client never finishes its stream
+        release.wait(10)  # the client never finishes its stream
 
-    call = channel.stream_unary(f"/{SERVICE}/Join").future(requests(), timeout=10)
-    assert second_pulled.wait(5)
-    time.sleep(0.5)  # for the server to start the handler, even on a loaded machine
+    echo.JOIN_STARTED.clear()
+    call = channel.stream_unary(f"/{SERVICE}/Join").future(requests(), timeout=20)
+    assert echo.JOIN_STARTED.wait(10), "the server never started the call"
     call.cancel()
     release.set()
-    _wait_for(lambda: _sample("kloop_grpc_server_requests_total", **labels) == before + 1)
+    _wait_for(
+        lambda: _sample("kloop_grpc_server_requests_total", **labels) == before + 1, timeout=15
+    )
     assert not [line for line in log_lines() if line.get("level") == "error"]
 
 
