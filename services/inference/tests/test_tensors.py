@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import struct
 from typing import Any
 
@@ -183,6 +184,31 @@ def test_nested_json_data_is_row_major() -> None:
         {"inputs": [{"name": "x", "datatype": "INT32", "shape": [2, 2], "data": [[1, 2], [3, 4]]}]}
     )
     assert decode_http_request(body).inputs[0].data.tolist() == [[1, 2], [3, 4]]
+
+
+@pytest.mark.parametrize(
+    ("datatype", "data", "error"),
+    [
+        ("UINT64", [0, 2**63, 2**64 - 1], None),
+        # The JSON parser reads integers past 64 bits as floats.
+        ("UINT64", [0, 2**64], "UINT64 element 1 must be an integer"),
+        ("UINT64", [-1, 2**63], "values out of range for UINT64"),
+        ("INT64", [0, 2**63], "values out of range for INT64"),
+    ],
+)
+def test_json_integers_beyond_int64_are_exact_or_rejected(
+    datatype: str, data: list[int], error: str | None
+) -> None:
+    # numpy parses such lists as float64 on its own, which would silently round them.
+    # The stdlib writes integers of any size; orjson stops at 64 bits.
+    body = json.dumps(
+        {"inputs": [{"name": "x", "datatype": datatype, "shape": [len(data)], "data": data}]}
+    ).encode()
+    if error is None:
+        assert decode_http_request(body).inputs[0].data.tolist() == data
+    else:
+        with pytest.raises(TensorError, match=error):
+            decode_http_request(body)
 
 
 def test_requested_outputs_and_their_binary_flags() -> None:

@@ -263,6 +263,13 @@ def _json_numbers(name: str, datatype: str, dtype: np.dtype[Any], flat: list[Any
     except (ValueError, TypeError):
         parsed = np.asarray(flat, dtype=object)
     wanted = dtype.kind
+    if wanted in "iu" and parsed.dtype.kind in "fO" and all(type(x) is int for x in flat):
+        # Integers beyond int64 make numpy fall back to float64 (losing precision) or
+        # object; parse them as the wanted type instead, which range-checks exactly.
+        try:
+            return np.asarray(flat, dtype=dtype)
+        except OverflowError:
+            raise TensorError(f"input '{name}': values out of range for {datatype}") from None
     # JSON booleans are only BOOL data, and BOOL data only JSON booleans.
     accepted_kinds = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}[wanted]
     if parsed.size and (parsed.ndim != 1 or parsed.dtype.kind not in accepted_kinds):
