@@ -1,0 +1,1 @@
+"""kloop rag service."""

@@ -1,0 +1,1 @@
+"""kloop vectorstore service."""

@@ -1,0 +1,1 @@
+"""kloop worker: Celery tasks for batch scoring, retraining and schedules."""

@@ -1,0 +1,40 @@
+"""The worker's Prometheus series (default registry, served on the worker's http_port)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+from kloop_core.metrics import LATENCY_BUCKETS
+
+TASKS = Counter(
+    "kloop_worker_tasks_total",
+    "Celery tasks finished, by task name and outcome (success, retry, failure).",
+    ["task", "outcome"],
+)
+TASK_DURATION = Histogram(
+    "kloop_worker_task_duration_seconds",
+    "Run time of one task invocation.",
+    ["task"],
+    buckets=LATENCY_BUCKETS,
+)
+JOB_ROWS = Counter(
+    "kloop_worker_job_rows_total",
+    "Batch scoring rows written, by model and outcome (scored, failed).",
+    ["model", "outcome"],
+)
+CHUNKS = Counter(
+    "kloop_worker_job_chunks_total",
+    "Chunk writes, by outcome: written, duplicate (a redelivered chunk, nothing "
+    "written), dropped (the job was cancelled or had failed).",
+    ["outcome"],
+)
+PIPELINE_STEPS = Counter(
+    "kloop_worker_pipeline_steps_total",
+    "Retraining pipeline step invocations, by step and outcome (next, retry, finished).",
+    ["step", "outcome"],
+)
+PIPELINES_FINISHED = Counter(
+    "kloop_worker_pipelines_finished_total",
+    "Retraining pipelines finished, by final state.",
+    ["state"],
+)
