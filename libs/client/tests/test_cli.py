@@ -32,11 +32,17 @@ def kloop(
     )
 
 
-SERVICES = ("registry", "training", "inference", "gateway", "drift-monitor")
+GRPC_SERVICES = ("registry", "training", "inference", "gateway", "drift-monitor")
+SERVICES = (*GRPC_SERVICES, "worker", "worker-beat")
 PORTS = (
     "REDIS_PORT",
     "MLFLOW_PORT",
-    *(f"{s.upper().replace('-', '_')}_{kind}_PORT" for s in SERVICES for kind in ("GRPC", "HTTP")),
+    "WORKER_HTTP_PORT",
+    *(
+        f"{s.upper().replace('-', '_')}_{kind}_PORT"
+        for s in GRPC_SERVICES
+        for kind in ("GRPC", "HTTP")
+    ),
 )
 
 
@@ -65,7 +71,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
 def test_up_is_ready_and_idempotent(platform: dict[str, str]) -> None:
     status = kloop(platform, "status")
     assert status.returncode == 0, status.stdout + status.stderr
-    for name in ("redis", "mlflow", "registry", "training", "drift-monitor"):
+    for name in ("redis", "mlflow", "registry", "training", "drift-monitor", "worker-beat"):
         assert re.search(rf"{name}\s.*│ ready", status.stdout), status.stdout
     for name in ("inference", "gateway"):  # nothing to serve before the first promotion
         assert re.search(rf"{name}\s.*live, no production model yet", status.stdout)
@@ -77,20 +83,29 @@ def test_demo_runs_the_loop_end_to_end(platform: dict[str, str]) -> None:
     demo = kloop(platform, "demo")
     out = demo.stdout
     assert demo.returncode == 0, out + demo.stderr
-    # v1 approved as the first production version, the worse challenger rejected and the
-    # better one approved, each with the numbers behind the decision.
+    # v1 approved as the first production version, the worse challenger rejected, each
+    # with the numbers behind the decision.
     decisions = re.findall(r"gate → production: (APPROVED|REJECTED)", out)
-    assert decisions == ["APPROVED", "REJECTED", "APPROVED"], out
+    assert decisions == ["APPROVED", "REJECTED"], out
     assert re.search(r"log_loss on the same holdout \(\d+ rows", out), out
     # Served through the gateway over HTTP and gRPC, with a cache hit on a repeat.
     assert re.search(r"HTTP  'an excellent product, it works perfectly': positive", out), out
-    assert re.search(r"gRPC  'the service was friendly and quick': \w+ \([0-9.]+\) by v3", out)
+    assert re.search(r"gRPC  'the service was friendly and quick': \w+ \([0-9.]+\) by v1", out)
     assert "the same text again: first cache miss, then cache hit" in out, out
+    # Shifted traffic -> drift -> the monitor asks the worker -> retrain -> gate ->
+    # canary -> promoted, with no failed request on the way.
+    assert re.search(r"drift detected after \d+ shifted predictions: \d+ drifted windows", out)
+    for event in ("data_prepared", "trained", "gate_approved", "canary_started", "promoted"):
+        assert re.search(rf"\s{event}\s", out), out
+    assert re.search(r"live traffic meanwhile: \d+ requests \(v1: \d+, v3: \d+\), 0 failed", out)
+    assert "production v1 → v3" in out, out
+    assert "drift of the last window: the old version vs the new one" in out, out
     assert re.search(r"rollback: production v3 → v1", out), out
     assert re.search(r"roll forward: production v1 → v3", out), out
     # The alias moved twice under live traffic and no request failed.
     assert re.search(r"\d+ requests, 0 failed; versions answering, in order: v3 → v1 → v3", out)
-    assert "audit trail" in out
+    assert "audit trail" in out and "retraining pipelines of sentiment" in out, out
+    assert re.search(r"drift detected \d+ events after the shift began; loop wall time", out)
 
     check_predict_over_http_and_grpc_with_the_local_key(platform)
 
@@ -99,7 +114,7 @@ def test_demo_runs_the_loop_end_to_end(platform: dict[str, str]) -> None:
 
     history = kloop(platform, "history", "sentiment")
     assert history.returncode == 0
-    for action in ("promotion_approved", "promotion_rejected", "rollback"):
+    for action in ("promotion_approved", "promotion_rejected", "rollback", "canary_passed"):
         assert action in history.stdout, history.stdout
 
     resolved = kloop(platform, "models", "resolve", "sentiment", "--alias", "production")

@@ -50,3 +50,38 @@ def keyword_model(
     onnx.checker.check_model(model)
     onnx.save(model, path)
     return path
+
+
+def token_embedding_model(
+    path: Path, *, input_names: tuple[str, ...] = ("input_ids", "attention_mask"), seed: int = 0
+) -> Path:
+    """BERT-shaped: int64 token tensors [batch, sequence] -> `embedding` FP32 [batch, 8]
+    (mean of looked-up token vectors; the attention mask is accepted and unused here)."""
+    table = np.random.default_rng(seed).normal(size=(100, 8)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gather", ["table", input_names[0]], ["vectors"]),
+            helper.make_node("ReduceMean", ["vectors"], ["embedding"], axes=[1], keepdims=0),
+        ],
+        "token_embedding",
+        [
+            helper.make_tensor_value_info(name, TensorProto.INT64, ["batch", "sequence"])
+            for name in input_names
+        ],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", 8])],
+        initializer=[numpy_helper.from_array(table, "table")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+# The smallest file the `tokenizers` package loads (a word-level vocabulary).
+TOKENIZER_JSON = (
+    b'{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],'
+    b'"normalizer":null,"pre_tokenizer":{"type":"Whitespace"},"post_processor":null,'
+    b'"decoder":null,"model":{"type":"WordLevel","vocab":{"[UNK]":0,"[PAD]":1,"hello":2},'
+    b'"unk_token":"[UNK]"}}'
+)

@@ -88,6 +88,7 @@ def test_feedback_examples_join_labels_with_texts() -> None:
         {"id": "p2", "model": "m"},  # no text recorded
         {"id": "p3", "model": "other", "text": "awful"},
         {"id": "p4", "model": "m", "text": "awful"},
+        {"id": "p5", "model": "m", "text": "great"},
     ]
     feedback = [
         {"prediction_id": "p1", "model": "m", "label": "positive"},
@@ -96,13 +97,16 @@ def test_feedback_examples_join_labels_with_texts() -> None:
         {"prediction_id": "p4", "model": "m", "label": "negative"},
         {"prediction_id": "p4", "model": "m", "label": "positive"},  # the first one wins
         {"prediction_id": "p9", "model": "m", "label": "positive"},
+        {"prediction_id": "p5", "model": "m", "label": "positive"},  # "great" again: one row
     ]
     examples = feedback_examples(predictions, feedback, model="m", positive_label="positive")
     assert examples == [Example("great", 1), Example("awful", 0)]
 
 
 def test_retraining_data_is_written_once_per_content(tmp_path: Path) -> None:
-    data = combine([builtin_dataset(), shifted_dataset()], [Example("new text", 1)], "m")
+    known = builtin_dataset().texts[0]
+    extra = [Example("new text", 1), Example(known, 0)]  # a curated text wins
+    data = combine([builtin_dataset(), shifted_dataset()], extra, "m")
     assert len(data) == 50 + 200 + 1
     path = write_dataset(data, tmp_path / "out", "m")
     assert write_dataset(data, tmp_path / "out", "m") == path

@@ -51,6 +51,7 @@ from kloop_worker.retrain import (
     backoff,
     execute,
     metric_failures,
+    thresholds,
 )
 from kloop_worker.settings import WorkerSettings
 
@@ -64,6 +65,14 @@ def test_backoff_grows_with_jitter_up_to_the_cap() -> None:
     assert backoff(0, 0.5, 5, roll=0.0) == 0.25
     assert backoff(3, 0.5, 5, roll=1.0) == 4.0
     assert backoff(10, 0.5, 5, roll=1.0) == 5.0
+
+
+def test_score_ks_does_not_fail_a_canary_that_drift_asked_for_by_default() -> None:
+    settings = WorkerSettings(redis_url="redis://127.0.0.1:1/0", max_score_ks=0.4)
+    assert thresholds(settings, "manual").max_score_ks == 0.4
+    assert thresholds(settings, "drift").max_score_ks == 1.0
+    strict = settings.model_copy(update={"max_score_ks_after_drift": 0.6})
+    assert thresholds(strict, "drift").max_score_ks == 0.6
 
 
 def test_metric_failures() -> None:

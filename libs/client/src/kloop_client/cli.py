@@ -5,15 +5,18 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Annotated
 
 import httpx
+import redis
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from kloop_client.import_cli import import_model
 from kloop_client.keys_cli import keys_app
 from kloop_client.local import LocalPlatformError, http_ok, recorded_processes
 from kloop_client.platform import (
@@ -24,7 +27,7 @@ from kloop_client.platform import (
     platform_up,
     services,
 )
-from kloop_client.sdk import GatewayClient, KloopClient, KloopError
+from kloop_client.sdk import GatewayClient, KloopClient, KloopError, PipelineAudit
 
 app = typer.Typer(help="kloop: the production ML loop.", no_args_is_help=True)
 models_app = typer.Typer(help="Registered models and versions.", no_args_is_help=True)
@@ -32,6 +35,7 @@ alias_app = typer.Typer(help="Set or delete an alias (no gate).", no_args_is_hel
 app.add_typer(models_app, name="models")
 app.add_typer(alias_app, name="alias")
 app.add_typer(keys_app, name="keys")
+models_app.command("import")(import_model)
 console = Console()
 err = Console(stderr=True)
 
@@ -95,23 +99,29 @@ def status() -> None:
     home = s.home.resolve()
     ep = _endpoints()
     procs = {p.name: p for p in recorded_processes(home)}
-    probes = {svc.name: (svc.http_port, svc.ready_path) for svc in services(s, ep)}
+    specs = {svc.name: svc for svc in services(s, ep)}
+    probes: dict[str, Callable[[], bool]] = {
+        "redis": lambda: True,  # alive is ready
+        "mlflow": partial(http_ok, f"{ep.mlflow_url}/health"),
+        **{name: svc.ready() for name, svc in specs.items()},
+    }
     table = Table("process", "pid", "state", "log")
     healthy = bool(procs)
-    for name in ("redis", "mlflow", *probes):
+    for name, ready in probes.items():
         p = procs.get(name)
+        svc = specs.get(name)
         if p is None or not p.alive():
             state, healthy = "[red]stopped[/]", False
-        elif name == "mlflow" and not http_ok(f"{ep.mlflow_url}/health"):
+        elif not ready():
             state, healthy = "[yellow]not ready[/]", False
-        elif name in probes and not http_ok(f"http://127.0.0.1:{probes[name][0]}/readyz"):
+        elif (
+            svc is not None
+            and svc.ready_path == "/livez"
+            and not http_ok(f"http://127.0.0.1:{svc.http_port}/readyz")
+        ):
             # Inference (and the gateway in front of it) are ready once a production
             # model is loaded; before that, being live is all `kloop up` promises.
-            live = probes[name][1] != "/readyz" and http_ok(
-                f"http://127.0.0.1:{probes[name][0]}{probes[name][1]}"
-            )
-            state = "[yellow]live, no production model yet[/]" if live else "[yellow]not ready[/]"
-            healthy = healthy and live
+            state = "[yellow]live, no production model yet[/]"
         else:
             state = "[green]ready[/]"
         table.add_row(name, str(p.pid) if p else "-", state, str(p.log_path) if p else "-")
@@ -296,7 +306,8 @@ def rollback(model: ModelArg, alias: str = "production", reason: str = "") -> No
 
 @app.command()
 def history(model: ModelArg, limit: int = 0) -> None:
-    """The model's audit trail: every alias change and gate decision."""
+    """The model's audit trail: every alias change and gate decision, then the worker's
+    retraining pipelines step by step."""
     with _client() as client:
         table = Table(
             "time", "action", "alias", "version", "previous", "actor", "reason", "details"
@@ -314,6 +325,16 @@ def history(model: ModelArg, limit: int = 0) -> None:
                 details,
             )
         console.print(table)
+    from kloop_client.demo import pipeline_table
+
+    # The worker's own log: each retrain's steps and decisions with their numbers.
+    audit = PipelineAudit(_endpoints().redis_url, model)
+    try:
+        console.print(pipeline_table(model, audit.entries(limit)))
+    except redis.RedisError as e:
+        err.print(f"[yellow]retraining pipelines not shown[/]: Redis: {e}")
+    finally:
+        audit.close()
 
 
 def main() -> None:

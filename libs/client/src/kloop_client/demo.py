@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
+import httpx
 from rich.console import Console
 from rich.table import Table
 
 from kloop.registry.v1 import registry_pb2 as reg
 from kloop.training.v1 import training_pb2 as tr
 from kloop_client.platform import Endpoints
-from kloop_client.sdk import GatewayClient, KloopClient, KloopError
+from kloop_client.sdk import GatewayClient, KloopClient, KloopError, PipelineAudit
 from kloop_model.dataset import builtin_dataset, shifted_dataset
 
 STAGE_STYLE = {tr.RUN_STATE_SUCCEEDED: "green", tr.RUN_STATE_FAILED: "red"}
@@ -64,23 +68,43 @@ def wait_for_version(gw: GatewayClient, model: str, version: str, timeout: float
 
 
 class LiveTraffic:
-    """A background client predicting through the gateway until the block ends."""
+    """A background client predicting through the gateway until the block ends; with
+    `labels`, it also sends each prediction's true label as feedback."""
 
-    def __init__(self, gw: GatewayClient, model: str) -> None:
+    def __init__(
+        self,
+        gw: GatewayClient,
+        model: str,
+        texts: Sequence[str] = (),
+        labels: Sequence[str] = (),
+        rate: float = 40.0,
+    ) -> None:
         self.gw, self.model = gw, model
+        self.texts, self.labels = texts, labels
+        self.interval = 1 / rate
         self.sent = self.failed = 0
         self.versions_in_order: list[str] = []
+        self.answered_by: Counter[str] = Counter()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="kloop-demo-traffic", daemon=True)
 
     def _run(self) -> None:
         n = 0
-        while not self._stop.is_set():
+        # Paced, like real clients: the demo's key has a rate limit.
+        while not self._stop.wait(self.interval):
             n += 1
             try:
-                # Distinct texts: every request really reaches the model.
-                body, _ = self.gw.predict_http(self.model, f"live traffic request {n} works well")
+                if self.texts:
+                    i = n % len(self.texts)
+                    body, _ = self.gw.predict_http(self.model, self.texts[i])
+                    if self.labels:
+                        self.gw.feedback(body["id"], self.labels[i])
+                else:
+                    # Distinct texts: every request really reaches the model.
+                    text = f"live traffic request {n} works well"
+                    body, _ = self.gw.predict_http(self.model, text)
                 version = body["model"]["version"]
+                self.answered_by[version] += 1
                 if not self.versions_in_order or self.versions_in_order[-1] != version:
                     self.versions_in_order.append(version)
             except (KloopError, OSError):
@@ -104,6 +128,84 @@ class LiveTraffic:
         self._thread.join(timeout=10)
 
 
+BATCH = 25
+# Restaurant reviews [0, HELD_OUT) are the shifted traffic with feedback; the rest are
+# kept from every training set.
+HELD_OUT = 150
+LABELS = ("negative", "positive")
+# The worker's last audit event of a pipeline: its final state (kloop_worker.pipelines).
+PIPELINE_END = {"succeeded", "rejected", "rolled_back", "failed"}
+
+
+def describe_window(window: Mapping[str, Any]) -> str:
+    if not window.get("decided"):
+        return f"{window.get('events', 0)} events, not decided ({window.get('note', '')})"
+    parts = [
+        f"{d['feature']} {d['metric']} {d['value']:.3f}" + ("[red]![/]" if d["drifted"] else "")
+        for d in window.get("drift", [])
+    ]
+    verdict = "[red]DRIFT[/]" if window.get("drifted") else "[green]no drift[/]"
+    return f"{verdict}  " + ", ".join(parts)
+
+
+class DriftWatch:
+    """The drift monitor's /v1/status of one model version, polled. (The JSON renders
+    int64 fields as strings, as protobuf's JSON mapping does.)"""
+
+    def __init__(self, url: str, model: str) -> None:
+        self._http = httpx.Client(base_url=url, timeout=10)
+        self.model = model
+
+    def status(self, version: str) -> dict[str, Any]:
+        resp = self._http.get("/v1/status", params={"model": self.model, "version": version})
+        if resp.status_code == 404:  # no event of the version counted yet
+            return {"last_window": {}}
+        resp.raise_for_status()
+        versions = resp.json()["versions"]
+        return dict(versions[0]) if versions else {"last_window": {}}
+
+    def window_events(self, version: str) -> int:
+        return int(self.status(version).get("window_events") or 0) or 200
+
+    def wait(self, version: str, *, events: int = 0, windows: int = 0) -> dict[str, Any]:
+        """The status once the version has at least `events` counted events and
+        `windows` closed windows."""
+        deadline = time.monotonic() + 60
+        while True:
+            status = self.status(version)
+            if events_processed(status) >= events and window_sequence(status) >= windows:
+                return status
+            if time.monotonic() > deadline:
+                raise KloopError(
+                    "DEADLINE_EXCEEDED",
+                    f"the drift monitor counted {events_processed(status)} events of "
+                    f"v{version} ({window_sequence(status)} windows) after 60 s",
+                )
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        self._http.close()
+
+
+def events_processed(status: Mapping[str, Any]) -> int:
+    return int(status.get("events_processed") or 0)
+
+
+def window_sequence(status: Mapping[str, Any]) -> int:
+    return int(status.get("last_window", {}).get("sequence") or 0)
+
+
+def pipeline_table(model: str, entries: Sequence[Mapping[str, str]]) -> Table:
+    """The worker's audit log: every retrain request, step outcome and decision."""
+    table = Table(title=f"retraining pipelines of {model} (the worker's audit log)")
+    for col in ("time", "pipeline", "step", "event", "message"):
+        table.add_column(col)
+    for e in entries:
+        at = time.strftime("%H:%M:%S", time.localtime(float(e["time"])))
+        table.add_row(at, e["pipeline_id"][:8], e["step"], e["event"], e["message"])
+    return table
+
+
 class Demo:
     def __init__(
         self,
@@ -114,6 +216,7 @@ class Demo:
         console: Console,
     ):
         self.c, self.gw, self.ep, self.home, self.out = client, gateway, endpoints, home, console
+        self.drifted_window: dict[str, Any] = {}
 
     def train(self, model: str, title: str, **kwargs: object) -> tr.Run:
         self.out.print(f"  training: {title}")
@@ -156,7 +259,7 @@ class Demo:
     def run(self, model: str = "sentiment") -> None:
         out = self.out
         _require_new_model(self.c, model)
-        out.rule("[bold]kloop demo: train → track → register → gate → promote → roll back")
+        out.rule("[bold]kloop demo: train → serve → drift → retrain → gate → canary → promote")
         out.print(f"MLflow UI: [link]{self.ep.mlflow_url}[/]   model: [bold]{model}[/]")
         started = time.monotonic()
 
@@ -168,18 +271,23 @@ class Demo:
         worse = self.train(model, "same data, starved of training", params={"epochs": 1, "l2": 1.0})
         self.gate(model, worse.model_version)
 
-        out.rule("3. a better challenger (more data, new vocabulary)")
-        extended = write_extended_dataset(self.home)
-        better = self.train(
-            model,
-            f"built-in + shifted-domain sentences ({extended.name})",
-            dataset_uri=str(extended),
-        )
-        self.gate(model, better.model_version)
-
         self.serve(model)
+        # The shifted dataset's first part is the live traffic whose labels come back
+        # as feedback (the retrain learns from it); the rest is traffic no version was
+        # trained on, to show the drift clearing.
+        shifted = shifted_dataset()
+        labels = [LABELS[int(y)] for y in shifted.labels]
+        seen = list(zip(shifted.texts[:HELD_OUT], labels[:HELD_OUT], strict=True))
+        unseen = shifted.texts[HELD_OUT:]
+        drift = DriftWatch(self.ep.drift_monitor_http, model)
+        try:
+            delay = self.shift(model, drift, v1.model_version, seen)
+            promoted = self.close_loop(model, v1.model_version, seen)
+            self.drift_clears(model, drift, promoted, unseen)
+        finally:
+            drift.close()
 
-        out.rule("5. roll back, then forward, under live traffic")
+        out.rule("7. roll back, then forward, under live traffic")
         with LiveTraffic(self.gw, model) as traffic:
             back = self.c.rollback(model, "production", reason="kloop demo: roll back")
             out.print(f"  rollback: production v{back.previous_version} → v{back.version}")
@@ -196,13 +304,122 @@ class Demo:
         out.rule("summary")
         self.summary(model)
         out.print(
-            f"loop wall time: {time.monotonic() - started:.1f} s   "
-            f"MLflow UI: {self.ep.mlflow_url}   stop the platform with: kloop down"
+            f"drift detected {delay} events after the shift began; "
+            f"loop wall time: {time.monotonic() - started:.1f} s"
+        )
+        out.print(f"MLflow UI: {self.ep.mlflow_url}   stop the platform with: kloop down")
+
+    def shift(
+        self, model: str, drift: DriftWatch, version: str, rows: Sequence[tuple[str, str]]
+    ) -> int:
+        """Restaurant reviews (new vocabulary), each prediction's true label sent back as
+        feedback, until the monitor asks for a retrain. Returns the events from the
+        shift's onset to the alarm (to the resolution of one batch)."""
+        out = self.out
+        out.rule("4. traffic shifts to restaurant reviews; their labels come back as feedback")
+        status = drift.status(version)
+        counted, seen_window = events_processed(status), window_sequence(status)
+        before = (status.get("last_trigger") or {}).get("trigger_id")
+        stream = itertools.cycle(rows)
+        sent = 0
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            batch = [next(stream) for _ in range(BATCH)]
+            predictions = self.gw.predict_batch_http(model, [t for t, _ in batch])
+            for prediction, (_, label) in zip(predictions, batch, strict=True):
+                self.gw.feedback(prediction["id"], label)
+            sent += len(batch)
+            status = drift.wait(version, events=counted + sent)
+            if window_sequence(status) != seen_window:
+                seen_window = window_sequence(status)
+                out.print(f"  window {seen_window}: {describe_window(status['last_window'])}")
+            trigger = status.get("last_trigger") or {}
+            if trigger.get("trigger_id") not in (None, before):
+                self.drifted_window = status["last_window"]
+                out.print(
+                    f"  [bold]drift detected[/] after {sent} shifted predictions: "
+                    f"{trigger.get('windows', '?')} drifted windows in a row → "
+                    f"retrain requested ({trigger['outcome']}, task {trigger['task_id'][:8]})"
+                )
+                live = status.get("live") or {}
+                if int(live.get("labeled") or 0):
+                    out.print(
+                        f"  live accuracy of v{version} on the new traffic: "
+                        f"{live['accuracy']:.3f} (F1 {live['f1']:.3f}, {live['labeled']} labels)"
+                    )
+                return sent
+        raise KloopError("DEADLINE_EXCEEDED", "no drift alarm within 120 s of shifted traffic")
+
+    def close_loop(self, model: str, old: str, rows: Sequence[tuple[str, str]]) -> str:
+        """Follow the worker's pipeline (its audit log) while the shifted traffic goes on
+        (the canary's share of it is what the canary is judged on), until the pipeline
+        ends. Returns the new production version."""
+        out = self.out
+        out.rule("5. the worker retrains: data → train → evaluate → gate → canary → promote")
+        audit = PipelineAudit(self.ep.redis_url, model)
+        last: dict[str, str] = {}
+        texts, labels = [t for t, _ in rows], [y for _, y in rows]
+        try:
+            with LiveTraffic(self.gw, model, texts, labels) as traffic:
+                for last in audit.follow(timeout=300):
+                    out.print(f"  [dim]{last['step']:<12}[/] {last['event']:<18} {last['message']}")
+                    if last["event"] in PIPELINE_END:
+                        break
+        finally:
+            audit.close()
+        answered = ", ".join(f"v{v}: {n}" for v, n in sorted(traffic.answered_by.items()))
+        out.print(
+            f"  live traffic meanwhile: {traffic.sent} requests ({answered}), "
+            f"{traffic.failed} failed"
+        )
+        production = str(self.c.resolve(model, "production").version)
+        if production == old:
+            raise KloopError("FAILED", f"the pipeline ended without promoting: {last}")
+        out.print(f"  [bold]production v{old} → v{production}[/]")
+        return production
+
+    def drift_clears(
+        self, model: str, drift: DriftWatch, version: str, texts: Sequence[str]
+    ) -> None:
+        out = self.out
+        out.rule(
+            f"6. restaurant reviews no version was trained on, to v{version}: drift before/after"
+        )
+        wait_for_version(self.gw, model, version)
+        # The window being filled holds the canary's share of the earlier traffic (texts
+        # v{version} was trained on); the one after it holds only unseen texts.
+        status = drift.status(version)
+        window, filled = drift.window_events(version), int(status.get("current_window_events") or 0)
+        stream = itertools.cycle(texts)
+        for _ in range(-(-(2 * window - filled) // BATCH)):
+            self.gw.predict_batch_http(model, [next(stream) for _ in range(BATCH)])
+        status = drift.wait(version, windows=window_sequence(status) + 2)
+        after = {(d["feature"], d["metric"]): d for d in status["last_window"].get("drift", [])}
+        table = Table(title="drift of the last window: the old version vs the new one")
+        for col in ("feature", "metric", "before (v1)", f"after (v{version})", "threshold"):
+            table.add_column(col)
+        for d in self.drifted_window.get("drift", []):
+            a = after.get((d["feature"], d["metric"]))
+            mark = "" if a is None or not a["drifted"] else " [red]![/]"
+            table.add_row(
+                d["feature"],
+                d["metric"],
+                f"{d['value']:.3f}",
+                "-" if a is None else f"{a['value']:.3f}{mark}",
+                f"{d['threshold']:g}",
+            )
+        out.print(table)
+        verdict = status["last_window"].get("drifted")
+        out.print(
+            "  [red]still above a threshold[/]: PSI against a reference profile of a few "
+            "dozen holdout rows is noisy (see the KS and JS values)"
+            if verdict
+            else "  [green]no drift[/]: the new version's reference matches the new traffic"
         )
 
     def serve(self, model: str) -> None:
         out = self.out
-        out.rule("4. serve: predictions through the gateway")
+        out.rule("3. serve: predictions through the gateway")
         production = self.c.resolve(model, "production").version
         out.print(f"  waiting for inference to load production v{production} …")
         wait_for_version(self.gw, model, production)
@@ -257,3 +474,8 @@ class Demo:
                 e.reason,
             )
         self.out.print(trail)
+        audit = PipelineAudit(self.ep.redis_url, model)
+        try:
+            self.out.print(pipeline_table(model, audit.entries()))
+        finally:
+            audit.close()

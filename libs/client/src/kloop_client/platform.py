@@ -45,9 +45,19 @@ class LocalPlatformSettings(BaseSettings):
     gateway_http_port: int = 18154
     drift_monitor_grpc_port: int = 50156
     drift_monitor_http_port: int = 18156
+    worker_http_port: int = 18158
     start_timeout_seconds: float = 120.0
     # The models the inference service serves (its production, canary and challenger).
     models: list[str] = ["sentiment"]
+    # The loop, sized for one machine's traffic (the services' own defaults are sized
+    # for production traffic): drift windows of this many events, a retrain after this
+    # many drifted windows in a row, and a canary that answers this share of requests
+    # for at least this long and this many events before it is judged.
+    drift_window_events: int = 200
+    drift_trigger_windows: int = 2
+    canary_percent: float = 30.0
+    canary_window_seconds: float = 15.0
+    canary_min_events: int = 50
 
 
 @dataclass(frozen=True)
@@ -59,15 +69,30 @@ class ServiceSpec:
     # What `kloop up` waits for. Services that are only ready once a production model
     # exists (inference, and the gateway in front of it) are waited for as live.
     ready_path: str = "/readyz"
+    # The service's program and arguments when the process is not `kloop-<name>`.
+    program: str = ""
+    args: tuple[str, ...] = ()
 
     @property
     def script(self) -> str:
         # The console script uv installed next to this interpreter.
-        found = Path(sys.executable).parent / f"kloop-{self.name}"
-        return str(found) if found.exists() else (shutil.which(f"kloop-{self.name}") or str(found))
+        program = f"kloop-{self.program or self.name}"
+        found = Path(sys.executable).parent / program
+        return str(found) if found.exists() else (shutil.which(program) or str(found))
+
+    @property
+    def argv(self) -> list[str]:
+        return [self.script, *self.args]
+
+    def ready(self) -> Callable[[], bool]:
+        if not self.http_port:
+            # No HTTP endpoint (Celery beat): up once it has written its schedule file.
+            schedule = Path(self.env["BEAT_SCHEDULE_FILE"])
+            return lambda: any(schedule.parent.glob(schedule.name + "*"))
+        return partial(http_ok, f"http://127.0.0.1:{self.http_port}{self.ready_path}")
 
     def process_env(self) -> dict[str, str]:
-        prefix = f"KLOOP_{self.name.upper().replace('-', '_')}_"
+        prefix = f"KLOOP_{(self.program or self.name).upper().replace('-', '_')}_"
         ports = {"GRPC_PORT": str(self.grpc_port), "HTTP_PORT": str(self.http_port)}
         return {prefix + k: v for k, v in {**ports, **self.env}.items()}
 
@@ -87,6 +112,7 @@ class Endpoints:
     gateway_addr: str = ""
     gateway_http: str = ""
     drift_monitor_http: str = ""
+    worker_metrics: str = ""
 
     def save(self, home: Path) -> None:
         (home / "platform.json").write_text(json.dumps(asdict(self), indent=2))
@@ -112,12 +138,29 @@ class Endpoints:
             gateway_addr=f"127.0.0.1:{s.gateway_grpc_port}",
             gateway_http=f"http://127.0.0.1:{s.gateway_http_port}",
             drift_monitor_http=f"http://127.0.0.1:{s.drift_monitor_http_port}",
+            worker_metrics=f"http://127.0.0.1:{s.worker_http_port}/metrics",
         )
 
 
 def services(s: LocalPlatformSettings, ep: Endpoints) -> list[ServiceSpec]:
     """Every implemented service, in start order (dependencies first)."""
     common = {"REDIS_URL": ep.redis_url, "MLFLOW_TRACKING_URI": ep.mlflow_url}
+    home = s.home.resolve()
+    worker_env = {
+        "REDIS_URL": ep.redis_url,
+        "INFERENCE_ADDR": ep.inference_addr,
+        "TRAINING_ADDR": ep.training_addr,
+        "REGISTRY_ADDR": ep.registry_addr,
+        "DRIFT_MONITOR_URL": ep.drift_monitor_http,
+        "RETRAIN_DATA_DIR": str(home / "retrain-data"),
+        "BEAT_SCHEDULE_FILE": str(home / "celerybeat-schedule"),
+        "CANARY_WINDOW_SECONDS": str(s.canary_window_seconds),
+        "CANARY_MIN_EVENTS": str(s.canary_min_events),
+        "CANARY_POLL_SECONDS": "1",
+        # Every service shares this machine's cores: the p95 of a few dozen requests
+        # swings by milliseconds, so latency fails a canary only if far off.
+        "LATENCY_SLACK_SECONDS": "0.05",
+    }
     return [
         ServiceSpec("registry", s.registry_grpc_port, s.registry_http_port, dict(common)),
         ServiceSpec(
@@ -147,6 +190,7 @@ def services(s: LocalPlatformSettings, ep: Endpoints) -> list[ServiceSpec]:
                 "REDIS_URL": ep.redis_url,
                 "INFERENCE_ADDR": ep.inference_addr,
                 "EVENT_INCLUDE_TEXT": "true",
+                "CANARY_PERCENT": str(s.canary_percent),
             },
             ready_path="/livez",
         ),
@@ -154,8 +198,16 @@ def services(s: LocalPlatformSettings, ep: Endpoints) -> list[ServiceSpec]:
             "drift-monitor",
             s.drift_monitor_grpc_port,
             s.drift_monitor_http_port,
-            {**common, "REGISTRY_ADDR": ep.registry_addr},
+            {
+                **common,
+                "REGISTRY_ADDR": ep.registry_addr,
+                "WINDOW_EVENTS": str(s.drift_window_events),
+                "MIN_WINDOW_EVENTS": str(min(100, s.drift_window_events)),
+                "TRIGGER_WINDOWS": str(s.drift_trigger_windows),
+            },
         ),
+        ServiceSpec("worker", 0, s.worker_http_port, worker_env, ready_path="/metrics"),
+        ServiceSpec("worker-beat", 0, 0, worker_env, program="worker", args=("beat",)),
     ]
 
 
@@ -177,15 +229,19 @@ def platform_up(s: LocalPlatformSettings, log: Callable[[str], None] = print) ->
         log(f"starting mlflow on {ep.mlflow_url} (about 10 s)")
         started.append(start_mlflow(s.mlflow_port, home))
         for svc in services(s, ep):
-            log(f"starting {svc.name} (gRPC :{svc.grpc_port}, HTTP :{svc.http_port})")
-            readyz = f"http://127.0.0.1:{svc.http_port}{svc.ready_path}"
+            ports = [
+                f"{kind} :{port}"
+                for kind, port in (("gRPC", svc.grpc_port), ("HTTP", svc.http_port))
+                if port
+            ]
+            log(f"starting {svc.name}" + (f" ({', '.join(ports)})" if ports else ""))
             started.append(
                 start_process(
                     svc.name,
-                    [svc.script],
+                    svc.argv,
                     state_dir=home,
                     env=svc.process_env(),
-                    ready=partial(http_ok, readyz),
+                    ready=svc.ready(),
                     timeout=s.start_timeout_seconds,
                 )
             )

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import getpass
-from collections.abc import Callable, Iterator, Mapping
+import hashlib
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -15,8 +18,12 @@ from kloop.registry.v1 import registry_pb2 as reg
 from kloop.registry.v1 import registry_pb2_grpc as reg_grpc
 from kloop.training.v1 import training_pb2 as tr
 from kloop.training.v1 import training_pb2_grpc as tr_grpc
+from kloop_core.redis import create_redis
 
 TERMINAL = (tr.RUN_STATE_SUCCEEDED, tr.RUN_STATE_FAILED)
+IMPORT_CHUNK_BYTES = 1 << 20
+MODEL_FILE = "model.onnx"
+TOKENIZER_FILE = "tokenizer.json"
 
 
 class KloopError(RuntimeError):
@@ -33,6 +40,14 @@ def _call(fn: Callable[..., Any], request: Any, timeout: float | None) -> Any:
         return fn(request, timeout=timeout)
     except grpc.RpcError as e:
         raise KloopError(e.code().name, e.details() or "") from None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(IMPORT_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def actor() -> str:
@@ -162,6 +177,48 @@ class KloopClient:
         req = reg.GetHistoryRequest(name=name, limit=limit)
         return list(_call(self.registry.GetHistory, req, self.timeout).entries)
 
+    def import_model(
+        self,
+        name: str,
+        model_path: Path,
+        *,
+        tokenizer_path: Path | None = None,
+        alias: str = "",
+        description: str = "",
+        reason: str = "",
+        tags: Mapping[str, str] | None = None,
+        timeout: float = 600.0,
+    ) -> reg.ImportModelResponse:
+        """Register an ONNX file (and a tokenizer.json: a text-embedding model) as a new
+        version of `name`, streamed to the registry in chunks; optionally point `alias`
+        at it (no gate: imported models have no holdout)."""
+        files = [(MODEL_FILE, model_path)]
+        if tokenizer_path is not None:
+            files.append((TOKENIZER_FILE, tokenizer_path))
+        declared = [
+            reg.ImportedFile(path=file, sha256=_sha256(path), size_bytes=path.stat().st_size)
+            for file, path in files
+        ]
+        header = reg.ImportModelHeader(
+            name=name,
+            files=declared,
+            alias=alias,
+            description=description,
+            tags=dict(tags or {}),
+            actor=actor(),
+            reason=reason,
+        )
+
+        def chunks() -> Iterator[reg.ImportModelChunk]:
+            yield reg.ImportModelChunk(header=header)
+            for file, path in files:
+                with path.open("rb") as handle:
+                    while data := handle.read(IMPORT_CHUNK_BYTES):
+                        yield reg.ImportModelChunk(data=reg.ImportModelData(path=file, data=data))
+
+        response: reg.ImportModelResponse = _call(self.registry.ImportModel, chunks(), timeout)
+        return response
+
 
 class GatewayClient:
     """The gateway's public API: HTTP (JSON) or gRPC, with an API key."""
@@ -185,9 +242,16 @@ class GatewayClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def predict_http(self, model: str, text: str) -> tuple[dict[str, Any], bool]:
-        """The prediction and whether the gateway answered it from its cache."""
-        resp = self._http.post(f"/v1/models/{model}/predict", json={"text": text})
+    def _post(self, path: str, body: Mapping[str, Any]) -> httpx.Response:
+        # Over the key's rate limit (429), wait as Retry-After says, up to `timeout` in
+        # all, instead of failing: a well-behaved client of a shared limit.
+        deadline = time.monotonic() + self.timeout
+        while True:
+            resp = self._http.post(path, json=body)
+            wait = _retry_after(resp)
+            if resp.status_code != 429 or time.monotonic() + wait > deadline:
+                break
+            time.sleep(wait)
         if resp.status_code != 200:
             try:
                 error = resp.json()["error"]
@@ -195,7 +259,23 @@ class GatewayClient:
             except (ValueError, KeyError, TypeError):
                 code, message = str(resp.status_code), resp.text
             raise KloopError(f"HTTP {resp.status_code} {code}", message)
+        return resp
+
+    def predict_http(self, model: str, text: str) -> tuple[dict[str, Any], bool]:
+        """The prediction and whether the gateway answered it from its cache."""
+        resp = self._post(f"/v1/models/{model}/predict", {"text": text})
         return resp.json(), resp.headers.get("x-kloop-cache-hits", "0") != "0"
+
+    def predict_batch_http(self, model: str, texts: Sequence[str]) -> list[dict[str, Any]]:
+        resp = self._post(f"/v1/models/{model}/predict:batch", {"texts": list(texts)})
+        predictions: list[dict[str, Any]] = resp.json()["predictions"]
+        return predictions
+
+    def feedback(self, prediction_id: str, label: str) -> str:
+        """Record the true label of a prediction; "recorded" or "duplicate"."""
+        body = {"prediction_id": prediction_id, "label": label}
+        status: str = self._post("/v1/feedback", body).json()["status"]
+        return status
 
     def predict_grpc(self, model: str, text: str) -> gw.Prediction:
         try:
@@ -206,3 +286,52 @@ class GatewayClient:
             )
         except grpc.RpcError as e:
             raise KloopError(e.code().name, e.details() or "") from None
+
+
+def _retry_after(resp: httpx.Response) -> float:
+    try:
+        return min(max(float(resp.headers.get("retry-after", "1")), 0.05), 5.0)
+    except ValueError:
+        return 1.0
+
+
+class PipelineAudit:
+    """The worker's audit log of a model's retraining pipelines: a Redis stream
+    (`kloop:worker:audit:<model>`, written by kloop_worker.pipelines) of entries with
+    time, pipeline_id, step, event, message and details (JSON)."""
+
+    def __init__(self, redis_url: str, model: str, namespace: str = "kloop:worker") -> None:
+        self._redis = create_redis(redis_url)
+        self.key = f"{namespace}:audit:{model}"
+
+    def entries(self, limit: int = 0) -> list[dict[str, str]]:
+        """Oldest first; the last `limit` entries (0: all)."""
+        raw: Any = (
+            list(reversed(self._redis.xrevrange(self.key, count=limit)))  # type: ignore[arg-type]
+            if limit
+            else self._redis.xrange(self.key)
+        )
+        return [_decode(fields) for _, fields in raw]
+
+    def follow(self, timeout: float, after: str = "0") -> Iterator[dict[str, str]]:
+        """Every entry after stream id `after`, then new ones as they are written, until
+        the caller stops or `timeout` seconds pass (then DEADLINE_EXCEEDED)."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            block = max(1, int(min(left, 1.0) * 1000))
+            streams: Any = self._redis.xread({self.key: after}, block=block)
+            for _, messages in streams or []:
+                for entry_id, fields in messages:
+                    after = entry_id
+                    yield _decode(fields)
+        raise KloopError("DEADLINE_EXCEEDED", f"no pipeline outcome after {timeout:.0f} s")
+
+    def close(self) -> None:
+        self._redis.close()
+
+
+def _decode(fields: Mapping[bytes | str, bytes | str]) -> dict[str, str]:
+    def text(v: bytes | str) -> str:
+        return v.decode() if isinstance(v, bytes) else v
+
+    return {text(k): text(v) for k, v in fields.items()}

@@ -32,7 +32,8 @@ from typing import Any
 import redis
 import redis.asyncio
 
-SCOPES: tuple[str, ...] = ("predict", "feedback", "admin")
+# ask: questions to the RAG service (its key checks use this same store).
+SCOPES: tuple[str, ...] = ("predict", "feedback", "ask", "admin")
 TOKEN_PREFIX = "kloop_"  # noqa: S105 - a format prefix, not a secret
 ID_HEX_CHARS = 12
 SECRET_BYTES = 32

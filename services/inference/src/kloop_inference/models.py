@@ -35,6 +35,7 @@ from kloop_inference.tensors import (
     match_inputs,
     select_outputs,
 )
+from kloop_inference.text_embedding import TEXT_INPUT, TextEncoder, TokenizerError
 
 log = get_logger(__name__)
 
@@ -122,22 +123,22 @@ class CostModel:
         return self.fixed_us + self.per_row_us * rows
 
 
-def _median_run_us(session: ort.InferenceSession, feed: Feed) -> float:
+def _median_run_us(run: Callable[[Feed], object], feed: Feed) -> float:
     timings = []
     for _ in range(_WARMUP_RUNS):
         started = time.perf_counter()
-        session.run(None, feed)
+        run(feed)
         timings.append((time.perf_counter() - started) * 1e6)
     return statistics.median(timings)
 
 
-def warm_up(session: ort.InferenceSession, signature: ModelSignature, probe_rows: int) -> CostModel:
-    """Run requests built from the signature (the first runs of a session allocate and
-    are slow) and time them."""
-    one_row = _median_run_us(session, warmup_feed(signature, 1))
+def warm_up(run: Callable[[Feed], object], signature: ModelSignature, probe_rows: int) -> CostModel:
+    """Run requests built from the (served) signature through `run`, the whole path a
+    request takes (the first runs of a session allocate and are slow), and time them."""
+    one_row = _median_run_us(run, warmup_feed(signature, 1))
     if not signature.batchable or probe_rows <= 1:
         return CostModel(one_row, 0.0)
-    many_rows = _median_run_us(session, warmup_feed(signature, probe_rows))
+    many_rows = _median_run_us(run, warmup_feed(signature, probe_rows))
     per_row = max(0.0, (many_rows - one_row) / (probe_rows - 1))
     return CostModel(max(0.0, one_row - per_row), per_row)
 
@@ -158,7 +159,9 @@ def create_session(model_bytes: bytes, intra_op_threads: int) -> ort.InferenceSe
 
 @dataclass(eq=False)
 class LoadedModel:
-    """One version of one model, warm and ready to run."""
+    """One version of one model, warm and ready to run. `signature` is what clients
+    send and get; with an `encoder` (a text-embedding model) the graph itself takes the
+    encoder's token tensors instead of `text`."""
 
     name: str
     version: str
@@ -166,11 +169,17 @@ class LoadedModel:
     signature: ModelSignature
     session: ort.InferenceSession
     cost: CostModel
+    encoder: TextEncoder | None = None
     batcher: DynamicBatcher = field(init=False, repr=False)
 
+    @property
+    def task(self) -> str:
+        return "text-embedding" if self.encoder is not None else "onnx"
+
     def execute(self, feed: Feed) -> Feed:
+        graph_feed = self.encoder.encode(feed) if self.encoder is not None else feed
         try:
-            outputs = self.session.run(None, feed)
+            outputs = self.session.run(None, graph_feed)
         except OrtInvalidArgument as error:
             raise TensorError(f"model '{self.name}' rejected the inputs: {error}") from None
         return {
@@ -202,16 +211,27 @@ def load_model(
     settings: InferenceSettings,
     executor: Executor,
     observer: BatchObserver,
+    tokenizer_json: bytes | None = None,
 ) -> LoadedModel:
-    """Create the session, read its signature, warm it up and give it a batcher. Blocking
-    (hundreds of ms): call it from a thread."""
+    """Create the session, read its signature, warm it up and give it a batcher. With a
+    tokenizer the model is a text-embedding model (`text` in). Blocking (hundreds of ms,
+    seconds for an embedder): call it from a thread."""
     session = create_session(model_bytes, settings.intra_op_threads)
-    signature = session_signature(session)
+    graph = session_signature(session)
+    encoder = None
+    signature = graph
+    if tokenizer_json is not None:
+        try:
+            encoder = TextEncoder(tokenizer_json, graph.inputs, settings.embedding_max_tokens)
+        except TokenizerError as error:
+            raise ModelLoadError(str(error)) from error
+        signature = ModelSignature((TEXT_INPUT,), graph.outputs)
+    model = LoadedModel(name, version, sha256, signature, session, CostModel(0.0, 0.0), encoder)
     try:
-        cost = warm_up(session, signature, min(settings.max_batch_size, 64))
+        model.cost = warm_up(model.execute, signature, min(settings.max_batch_size, 64))
     except Exception as error:
         raise ModelLoadError(f"warm-up request failed: {error}") from error
-    model = LoadedModel(name, version, sha256, signature, session, cost)
+    cost = model.cost
     inline_limit = settings.inline_max_cost_us
     model.batcher = DynamicBatcher(
         model.execute,
@@ -228,6 +248,7 @@ def load_model(
         model=name,
         version=version,
         sha256=sha256,
+        task=model.task,
         batchable=signature.batchable,
         fixed_us=round(cost.fixed_us, 1),
         per_row_us=round(cost.per_row_us, 2),

@@ -19,6 +19,9 @@ from kloop_core.resilience import CHANNEL_OPTIONS
 from kloop_inference.sync import AliasEvent, ArtifactError, ModelRef
 
 _ALIAS_EVENTS = frozenset({"alias_set", "alias_deleted"})
+# Set by the registry on versions imported with a tokenizer (text-embedding models).
+TAG_TOKENIZER_SHA256 = "kloop.tokenizer_sha256"
+TOKENIZER_FILE = "tokenizer.json"
 
 
 class RegistryModelSource:
@@ -39,26 +42,49 @@ class RegistryModelSource:
             raise
         if not version.sha256:
             raise ArtifactError(f"{name} version {version.version} has no sha256")
-        return ModelRef(name=name, version=version.version, sha256=version.sha256)
+        return ModelRef(
+            name=name,
+            version=version.version,
+            sha256=version.sha256,
+            tokenizer_sha256=version.tags.get(TAG_TOKENIZER_SHA256, ""),
+        )
 
     async def fetch(self, ref: ModelRef) -> bytes:
-        cached = self._cache_dir / f"{ref.sha256}.onnx"
-        data = await asyncio.to_thread(_read_verified, cached, ref.sha256)
+        return await self._fetch(
+            ref, pb.DownloadArtifactRequest(sha256=ref.sha256), ref.sha256, "model.onnx", ".onnx"
+        )
+
+    async def fetch_tokenizer(self, ref: ModelRef) -> bytes:
+        # By version and path: a tokenizer is a companion file, not a served artifact.
+        request = pb.DownloadArtifactRequest(
+            name=ref.name, version=ref.version, path=TOKENIZER_FILE
+        )
+        return await self._fetch(ref, request, ref.tokenizer_sha256, TOKENIZER_FILE, ".json")
+
+    async def _fetch(
+        self,
+        ref: ModelRef,
+        request: pb.DownloadArtifactRequest,
+        sha256: str,
+        what: str,
+        suffix: str,
+    ) -> bytes:
+        """A file by digest from the local cache, else from the registry, verified."""
+        cached = self._cache_dir / f"{sha256}{suffix}"
+        data = await asyncio.to_thread(_read_verified, cached, sha256)
         if data is not None:
             return data
         chunks: list[bytes] = []
         digest = hashlib.sha256()
-        call = self._stub.DownloadArtifact(
-            pb.DownloadArtifactRequest(sha256=ref.sha256), timeout=self._timeout
-        )
+        call = self._stub.DownloadArtifact(request, timeout=self._timeout)
         async for chunk in call:
             chunks.append(chunk.data)
             digest.update(chunk.data)
         data = b"".join(chunks)
-        if digest.hexdigest() != ref.sha256:
+        if digest.hexdigest() != sha256:
             raise ArtifactError(
-                f"{ref.name} version {ref.version}: downloaded {len(data)} bytes with sha256 "
-                f"{digest.hexdigest()}, the registry says {ref.sha256}"
+                f"{ref.name} version {ref.version} {what}: downloaded {len(data)} bytes with "
+                f"sha256 {digest.hexdigest()}, the registry says {sha256}"
             )
         await asyncio.to_thread(_write_atomically, cached, data)
         return data

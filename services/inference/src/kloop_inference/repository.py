@@ -1,6 +1,7 @@
 """A local model folder as a model source, for development and benchmarks (no registry):
-`<root>/<name>/<version>/model.onnx`. The highest numeric version is `production`; other
-aliases do not exist; nothing changes while the server runs."""
+`<root>/<name>/<version>/model.onnx`, with a `tokenizer.json` beside it for a
+text-embedding model. The highest numeric version is `production`; other aliases do not
+exist; nothing changes while the server runs."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from kloop_inference.settings import DEFAULT_ALIAS
 from kloop_inference.sync import AliasEvent, ArtifactError, ModelRef
 
 MODEL_FILE = "model.onnx"
+TOKENIZER_FILE = "tokenizer.json"
 
 
 class LocalRepositorySource:
@@ -31,12 +33,25 @@ class LocalRepositorySource:
             return None
         version = max(versions, key=int)
         data = await asyncio.to_thread(self._path(name, version).read_bytes)
-        return ModelRef(name, version, hashlib.sha256(data).hexdigest())
+        tokenizer = self._path(name, version, TOKENIZER_FILE)
+        tokenizer_sha256 = ""
+        if tokenizer.is_file():
+            tokenizer_bytes = await asyncio.to_thread(tokenizer.read_bytes)
+            tokenizer_sha256 = hashlib.sha256(tokenizer_bytes).hexdigest()
+        return ModelRef(name, version, hashlib.sha256(data).hexdigest(), tokenizer_sha256)
 
     async def fetch(self, ref: ModelRef) -> bytes:
-        data = await asyncio.to_thread(self._path(ref.name, ref.version).read_bytes)
-        if hashlib.sha256(data).hexdigest() != ref.sha256:
-            raise ArtifactError(f"{self._path(ref.name, ref.version)} changed while loading")
+        return await self._read(self._path(ref.name, ref.version), ref.sha256)
+
+    async def fetch_tokenizer(self, ref: ModelRef) -> bytes:
+        path = self._path(ref.name, ref.version, TOKENIZER_FILE)
+        return await self._read(path, ref.tokenizer_sha256)
+
+    @staticmethod
+    async def _read(path: Path, sha256: str) -> bytes:
+        data = await asyncio.to_thread(path.read_bytes)
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise ArtifactError(f"{path} changed while loading")
         return data
 
     async def watch(self, after_event_id: str) -> AsyncIterator[AliasEvent]:
@@ -46,5 +61,5 @@ class LocalRepositorySource:
     async def close(self) -> None:
         return None
 
-    def _path(self, name: str, version: str) -> Path:
-        return self._root / name / version / MODEL_FILE
+    def _path(self, name: str, version: str, file: str = MODEL_FILE) -> Path:
+        return self._root / name / version / file

@@ -64,7 +64,7 @@ class InferenceServer:
         self.grpc_port = 0
         self.http_port = 0
 
-    def _load(self, ref: ModelRef, data: bytes) -> LoadedModel:
+    def _load(self, ref: ModelRef, data: bytes, tokenizer_json: bytes | None = None) -> LoadedModel:
         return load_model(
             ref.name,
             ref.version,
@@ -73,6 +73,7 @@ class InferenceServer:
             settings=self.settings,
             executor=self._executor,
             observer=ModelMetrics(ref.name, ref.version),
+            tokenizer_json=tokenizer_json,
         )
 
     def _on_models_changed(self) -> None:

@@ -19,7 +19,12 @@ _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 class InferenceSettings(ServiceSettings):
-    """Example: `KLOOP_INFERENCE_MODELS='{"sentiment": ["production", "canary"]}'`."""
+    """Example: `KLOOP_INFERENCE_MODELS='{"sentiment": ["production", "canary"]}'`.
+
+    Serving the text embedder too: `KLOOP_INFERENCE_EMBEDDING_MODEL=embedder` (its
+    `production` alias is added to `models`), or list it in `models` like any model.
+    Whether a model is a text-embedding model is decided by the model itself (it was
+    imported with a tokenizer), never by this configuration."""
 
     model_config = SettingsConfigDict(env_prefix="KLOOP_INFERENCE_")
 
@@ -35,6 +40,12 @@ class InferenceSettings(ServiceSettings):
     models: dict[str, list[str]] = Field(
         default_factory=lambda: {"sentiment": list(ALIASES)}, min_length=1
     )
+    # A registered text-embedding model to serve as well (e.g. "embedder", imported with
+    # `kloop models import model.onnx --name embedder --tokenizer tokenizer.json`).
+    embedding_model: str = ""
+    # Tokens per text for text-embedding models (longer texts are truncated);
+    # sentence-transformers' max_seq_length for all-MiniLM-L6-v2.
+    embedding_max_tokens: int = Field(default=256, ge=1, le=8192)
     cache_dir: Path = Path(tempfile.gettempdir()) / "kloop" / "inference-models"
 
     # Rows per model execution; a request with more rows runs alone.
@@ -79,6 +90,15 @@ class InferenceSettings(ServiceSettings):
             if DEFAULT_ALIAS not in aliases:
                 raise ValueError(f"model {name!r} must include the {DEFAULT_ALIAS!r} alias")
         return {name: list(dict.fromkeys(aliases)) for name, aliases in value.items()}
+
+    @model_validator(mode="after")
+    def _embedding_model_is_served(self) -> InferenceSettings:
+        name = self.embedding_model
+        if name and name not in self.models:
+            if not _MODEL_NAME.match(name):
+                raise ValueError(f"embedding_model {name!r} must match {_MODEL_NAME.pattern}")
+            self.models = {**self.models, name: [DEFAULT_ALIAS]}
+        return self
 
     @model_validator(mode="after")
     def _threads_cover_batches(self) -> InferenceSettings:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -27,6 +27,8 @@ class ModelRef:
     name: str
     version: str
     sha256: str
+    # sha256 of the version's tokenizer.json: set only for text-embedding models.
+    tokenizer_sha256: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +49,10 @@ class ModelSource(Protocol):
     async def fetch(self, ref: ModelRef) -> bytes:
         """The model.onnx bytes of `ref`, verified against its sha256."""
 
+    async def fetch_tokenizer(self, ref: ModelRef) -> bytes:
+        """The tokenizer.json bytes of `ref`, verified against its tokenizer_sha256
+        (only asked for when that is set)."""
+
     def watch(self, after_event_id: str) -> AsyncIterator[AliasEvent]:
         """Alias events after `after_event_id` ("" = from now on), until the stream
         breaks; raises on connection errors."""
@@ -54,7 +60,11 @@ class ModelSource(Protocol):
     async def close(self) -> None: ...
 
 
-Loader = Callable[[ModelRef, bytes], LoadedModel]
+class Loader(Protocol):
+    def __call__(
+        self, ref: ModelRef, model_bytes: bytes, tokenizer_json: bytes | None = None, /
+    ) -> LoadedModel:
+        """A warm model; `tokenizer_json` is passed only for text-embedding models."""
 
 
 class ModelSync:
@@ -148,7 +158,11 @@ class ModelSync:
         model = self._manager.find_version(ref.name, ref.version, ref.sha256)
         if model is None:
             data = await self._source.fetch(ref)
-            model = await asyncio.to_thread(self._load, ref, data)
+            if ref.tokenizer_sha256:
+                tokenizer = await self._source.fetch_tokenizer(ref)
+                model = await asyncio.to_thread(self._load, ref, data, tokenizer)
+            else:
+                model = await asyncio.to_thread(self._load, ref, data)
         self._manager.install(ref.name, alias, model)
         log.info(
             "alias now served",

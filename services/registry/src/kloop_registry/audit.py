@@ -25,6 +25,8 @@ class Action(StrEnum):
     ROLLBACK = "rollback"
     PROMOTION_APPROVED = "promotion_approved"
     PROMOTION_REJECTED = "promotion_rejected"
+    # A version brought as an ONNX file: recorded with why it was not gated.
+    MODEL_IMPORTED = "model_imported"
 
 
 class RollbackImpossible(ValueError):
@@ -53,7 +55,7 @@ class AuditEntry:
         """Did this entry change where its alias points? (Rejections and dry runs did not.)"""
         if self.action is Action.PROMOTION_APPROVED:
             return self.details.get("applied") == "true"
-        return self.action is not Action.PROMOTION_REJECTED
+        return self.action not in (Action.PROMOTION_REJECTED, Action.MODEL_IMPORTED)
 
     @property
     def concerns_version(self) -> str:

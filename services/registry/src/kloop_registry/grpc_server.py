@@ -6,6 +6,7 @@ by the domain and mapped to status codes by kloop_core's interceptor.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import datetime
 
@@ -14,9 +15,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from kloop.registry.v1 import registry_pb2 as pb
 from kloop.registry.v1 import registry_pb2_grpc
+from kloop_core.errors import InvalidArgument
 from kloop_registry.artifacts import iter_chunks
 from kloop_registry.audit import AuditEntry
 from kloop_registry.events import ModelEvent
+from kloop_registry.imports import DeclaredFile, FilePart, ImportCommand
 from kloop_registry.service import AliasChange, Promotion, RegisterCommand, Registry
 from kloop_registry.store import ModelRecord, VersionRecord
 
@@ -219,6 +222,22 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):  # type: igno
         if first is not None:  # an empty file still gets its header chunk
             yield first
 
+    def ImportModel(
+        self, request_iterator: Iterator[pb.ImportModelChunk], context: grpc.ServicerContext
+    ) -> pb.ImportModelResponse:
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("part") != "header":
+            raise InvalidArgument("ImportModel must start with an ImportModelHeader")
+        result = self._registry.import_model(
+            import_command(first.header), file_parts(request_iterator)
+        )
+        return pb.ImportModelResponse(
+            version=version_to_proto(result.version),
+            created=result.created,
+            change=change_to_proto(result.change) if result.change else None,
+            signature_json=json.dumps(result.signature, sort_keys=True),
+        )
+
     def WatchModels(
         self, request: pb.WatchModelsRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.ModelEvent]:
@@ -227,6 +246,25 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):  # type: igno
         )
         for event in events:
             yield event_to_proto(event)
+
+
+def import_command(header: pb.ImportModelHeader) -> ImportCommand:
+    return ImportCommand(
+        name=header.name,
+        files=tuple(DeclaredFile(f.path, f.sha256, f.size_bytes) for f in header.files),
+        alias=header.alias,
+        description=header.description,
+        tags=dict(header.tags),
+        actor=header.actor,
+        reason=header.reason,
+    )
+
+
+def file_parts(chunks: Iterator[pb.ImportModelChunk]) -> Iterator[FilePart]:
+    for chunk in chunks:
+        if chunk.WhichOneof("part") != "data":
+            raise InvalidArgument("ImportModel takes one header, first; then only data chunks")
+        yield FilePart(chunk.data.path, chunk.data.data)
 
 
 def add_to_server(registry: Registry, server: grpc.Server) -> None:

@@ -29,6 +29,7 @@ from redis.lock import Lock
 
 from kloop_core.errors import (
     AlreadyExists,
+    Conflict,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -47,6 +48,19 @@ from kloop_registry.artifacts import (
 )
 from kloop_registry.audit import Action, AuditEntry
 from kloop_registry.events import STREAM_ID_RE, EventKind, EventStream, ModelEvent
+from kloop_registry.imports import (
+    MODEL_FILE,
+    NOT_GATED,
+    TAG_TOKENIZER_SHA256,
+    TOKENIZER_FILE,
+    FilePart,
+    ImportCommand,
+    check_files,
+    import_tags,
+    is_imported,
+    read_signature,
+    receive_files,
+)
 from kloop_registry.scoring import ScoringError, predict_proba, signature_names
 from kloop_registry.settings import RegistrySettings
 from kloop_registry.store import (
@@ -63,7 +77,6 @@ from kloop_registry.store import (
 
 log = get_logger(__name__)
 
-MODEL_FILE = "model.onnx"
 HOLDOUT_FILE = "holdout.jsonl"
 SIGNATURE_FILE = "signature.json"
 DEFAULT_ARTIFACT_PATH = "model"
@@ -165,6 +178,14 @@ class RegisterCommand:
 
 
 @dataclass(frozen=True)
+class ImportResult:
+    version: VersionRecord
+    created: bool  # False: the same files were imported under this name before
+    change: AliasChange | None
+    signature: dict[str, object]
+
+
+@dataclass(frozen=True)
 class Artifact:
     file: CachedArtifact
     path: str  # file name inside the version's artifact directory
@@ -231,19 +252,32 @@ class Registry:
         name, alias, version = check_name(name), check_alias(alias), check_version(version)
         with self._model_lock(name):
             target = self._store.get_version(name, version)
-            model = self._store.get_model(name)
-            previous = model.aliases.get(alias, "")
-            if previous == version:
-                # Nothing moves and nothing is recorded, but the event is sent again: the
-                # retry of a call whose publish failed repairs what watchers missed.
-                self._publish(EventKind.ALIAS_SET, name, alias, target, previous, actor, reason)
-                return AliasChange(name, alias, version, previous, None)
-            self._store.set_alias(name, alias, version)
-            entry = self._record(
-                model, Action.ALIAS_SET, alias, version, previous, actor, reason, {}
-            )
+            return self._set_alias_locked(name, alias, target, actor=actor, reason=reason)
+
+    def _set_alias_locked(
+        self,
+        name: str,
+        alias: str,
+        target: VersionRecord,
+        *,
+        actor: str,
+        reason: str,
+        details: dict[str, str] | None = None,
+    ) -> AliasChange:
+        version = target.version
+        model = self._store.get_model(name)
+        previous = model.aliases.get(alias, "")
+        if previous == version:
+            # Nothing moves and nothing is recorded, but the event is sent again: the
+            # retry of a call whose publish failed repairs what watchers missed.
             self._publish(EventKind.ALIAS_SET, name, alias, target, previous, actor, reason)
-            return AliasChange(name, alias, version, previous, entry)
+            return AliasChange(name, alias, version, previous, None)
+        self._store.set_alias(name, alias, version)
+        entry = self._record(
+            model, Action.ALIAS_SET, alias, version, previous, actor, reason, details or {}
+        )
+        self._publish(EventKind.ALIAS_SET, name, alias, target, previous, actor, reason)
+        return AliasChange(name, alias, version, previous, entry)
 
     def delete_alias(
         self, name: str, alias: str, *, actor: str = "", reason: str = ""
@@ -302,6 +336,11 @@ class Registry:
         target_alias = check_alias(target_alias, default=DEFAULT_ALIAS)
         baseline_alias = check_alias(baseline_alias, default=DEFAULT_ALIAS)
         candidate = self._store.get_version(name, version)
+        if is_imported(candidate.tags):
+            raise FailedPrecondition(
+                f"{name} v{version} is an imported model: it has no holdout, so it cannot be "
+                "gated; point an alias at it with SetAlias (kloop alias set) instead"
+            )
         # Fetch the candidate's files before taking the lock: it is held only for the
         # decision itself (baseline files are usually cached already).
         holdout = self._holdout(candidate)
@@ -430,6 +469,133 @@ class Registry:
             log.info("version registered", model=name, version=record.version, run_id=cmd.run_id)
             self._publish(EventKind.VERSION_REGISTERED, name, "", record, "", "", "")
             return record
+
+    # -- imported ("bring your own") models --
+
+    def check_import(self, cmd: ImportCommand) -> ImportCommand:
+        """The header, validated before any byte is received."""
+        files = check_files(cmd.files, self._settings.import_max_file_bytes)
+        if cmd.alias:
+            check_alias(cmd.alias)
+        if any(key.startswith(("kloop.", audit.TAG_PREFIX)) for key in cmd.tags):
+            raise InvalidArgument("tags starting with 'kloop.' are reserved")
+        return ImportCommand(
+            name=check_name(cmd.name),
+            files=files,
+            alias=cmd.alias,
+            description=cmd.description,
+            tags=dict(cmd.tags),
+            actor=cmd.actor,
+            reason=cmd.reason,
+        )
+
+    def import_model(self, cmd: ImportCommand, parts: Iterator[FilePart]) -> ImportResult:
+        """Receive the files, check them, store them as an MLflow run like training's
+        output (`model/`), create a version and optionally point an alias at it.
+
+        The upload to MLflow happens before the model lock is taken (it can take seconds
+        for a big model); the lock covers only the idempotency check and the version."""
+        cmd = self.check_import(cmd)
+        name = cmd.name
+        model = cmd.declared(MODEL_FILE)
+        assert model is not None  # check_files requires it
+        tokenizer = cmd.declared(TOKENIZER_FILE)
+        tokenizer_sha256 = tokenizer.sha256 if tokenizer else ""
+        with self._cache.scratch() as tmp:
+            files = tmp / DEFAULT_ARTIFACT_PATH
+            files.mkdir()
+            receive_files(cmd, parts, files)
+            signature = read_signature(
+                files / MODEL_FILE, files / TOKENIZER_FILE if tokenizer else None
+            )
+            existing = self._imported_version(name, model.sha256, tokenizer_sha256)
+            run, cached = None, None
+            if existing is None:
+                (files / SIGNATURE_FILE).write_text(json.dumps(signature, indent=2))
+                run = self._store.log_files_run(
+                    self._settings.import_experiment,
+                    files,
+                    DEFAULT_ARTIFACT_PATH,
+                    {"kloop.model_name": name, "kloop.kind": "imported"},
+                )
+                cached = self._cache.put(files / MODEL_FILE, expected_sha256=model.sha256)
+        with self._model_lock(name):
+            record = self._imported_version(name, model.sha256, tokenizer_sha256)
+            created = record is None
+            if record is None:
+                if run is None or cached is None:
+                    raise Conflict(
+                        f"{name}: the version these files were imported as disappeared "
+                        "during the import; retry"
+                    )
+                record = self._store.create_version(
+                    name=name,
+                    source=f"{run.artifact_uri}/{DEFAULT_ARTIFACT_PATH}",
+                    run_id=run.run_id,
+                    tags={
+                        **cmd.tags,
+                        **import_tags(signature, tokenizer_sha256),
+                        TAG_SHA256: cached.sha256,
+                        TAG_SIZE: str(cached.size),
+                        TAG_ARTIFACT_PATH: DEFAULT_ARTIFACT_PATH,
+                    },
+                    description=cmd.description,
+                )
+                self._cache.remember(
+                    cached.sha256, ArtifactSource(name, record.version, MODEL_FILE)
+                )
+                details = {
+                    "kind": "imported",
+                    "task": str(signature["task"]),
+                    "gated": "false",
+                    "explanation": NOT_GATED,
+                    "sha256": cached.sha256,
+                    "tokenizer_sha256": tokenizer_sha256,
+                    "inputs": ",".join(str(i["name"]) for i in signature["inputs"]),
+                    "outputs": ",".join(str(o["name"]) for o in signature["outputs"]),
+                }
+                self._record(
+                    self._store.get_model(name),
+                    Action.MODEL_IMPORTED,
+                    "",
+                    record.version,
+                    "",
+                    cmd.actor,
+                    cmd.reason,
+                    details,
+                )
+                log.info(
+                    "model imported",
+                    model=name,
+                    version=record.version,
+                    task=signature["task"],
+                    sha256=cached.sha256,
+                )
+            self._publish(EventKind.VERSION_REGISTERED, name, "", record, "", "", "")
+            change = None
+            if cmd.alias:
+                change = self._set_alias_locked(
+                    name,
+                    cmd.alias,
+                    record,
+                    actor=cmd.actor,
+                    reason=cmd.reason or NOT_GATED,
+                    details={"kind": "imported", "gated": "false", "explanation": NOT_GATED},
+                )
+                record = self._store.get_version(name, record.version)  # with its new alias
+        return ImportResult(record, created, change, signature)
+
+    def _imported_version(
+        self, name: str, sha256: str, tokenizer_sha256: str
+    ) -> VersionRecord | None:
+        for found in self._store.versions_with_sha256(sha256):
+            if (
+                found.name == name
+                and is_imported(found.tags)
+                and found.tags.get(TAG_TOKENIZER_SHA256, "") == tokenizer_sha256
+            ):
+                return self._store.get_version(name, found.version)
+        return None
 
     # -- artifacts and events --
 

@@ -37,6 +37,11 @@ class RegistrySettings(ServiceSettings):
 
     artifact_cache_dir: Path = Path(tempfile.gettempdir()) / "kloop" / "registry-artifacts"
 
+    # Imported ("bring your own") models: the MLflow experiment their runs go to, and
+    # the largest file accepted (an embedder is ~90 MB; 2 GiB is protobuf's own limit).
+    import_experiment: str = Field(default="kloop-imported-models", min_length=1)
+    import_max_file_bytes: int = Field(default=2 * 1024**3, ge=1024)
+
     # How long a mutation waits for the per-model lock before answering UNAVAILABLE, and
     # how long a held lock lives if its replica dies mid-operation.
     alias_lock_timeout_seconds: float = Field(default=10.0, gt=0)

@@ -272,6 +272,32 @@ class MlflowStore:
         return RunRecord(run.info.run_id, run.info.artifact_uri, dict(run.data.metrics))
 
     @_mlflow_errors
+    def log_files_run(
+        self, experiment: str, folder: Path, artifact_path: str, tags: Mapping[str, str]
+    ) -> RunRecord:
+        """A finished run in `experiment` (created if missing) holding `folder`'s files
+        under `artifact_path`: how imported models get the same layout as trained ones."""
+        found = self._client.get_experiment_by_name(experiment)
+        if found is not None:
+            experiment_id = found.experiment_id
+        else:
+            try:
+                experiment_id = self._client.create_experiment(experiment)
+            except MlflowException as e:
+                if e.error_code != "RESOURCE_ALREADY_EXISTS":  # another replica won the race
+                    raise
+                experiment_id = self._client.get_experiment_by_name(experiment).experiment_id
+        run = self._client.create_run(experiment_id, tags=dict(tags))
+        run_id = run.info.run_id
+        try:
+            self._client.log_artifacts(run_id, str(folder), artifact_path)
+        except BaseException:
+            self._client.set_terminated(run_id, status="FAILED")
+            raise
+        self._client.set_terminated(run_id)
+        return RunRecord(run_id, run.info.artifact_uri, {})
+
+    @_mlflow_errors
     def download_run_file(self, run_id: str, path: str, dst_dir: Path) -> Path:
         """Download one run artifact; NotFound when the run or the file does not exist."""
         local = mlflow.artifacts.download_artifacts(

@@ -125,8 +125,11 @@ def feedback_examples(
     positive_label: str,
 ) -> list[Example]:
     """Texts with their true label: feedback events joined with the prediction events
-    that carry the text (the gateway includes it only when configured to), by id.
-    Earliest feedback per prediction wins (the gateway accepts one label anyway)."""
+    that carry the text (the gateway includes it only when configured to), by id. One
+    example per distinct text, from the first feedback given for it in `feedback`'s
+    order (the caller reads newest first: the latest label of a text wins). A text
+    asked about many times is one training row, so that no text is both trained on and
+    held out (the holdout, and the drift reference built on it, stay honest)."""
     texts = {
         event["id"]: event["text"]
         for event in predictions
@@ -134,12 +137,19 @@ def feedback_examples(
     }
     examples: dict[str, Example] = {}
     for event in feedback:
-        prediction_id = event.get("prediction_id", "")
-        text = texts.get(prediction_id)
-        if event.get("model") != model or text is None or prediction_id in examples:
+        text = texts.get(event.get("prediction_id", ""))
+        if event.get("model") != model or text is None or text in examples:
             continue
-        examples[prediction_id] = Example(text, int(event.get("label") == positive_label))
+        examples[text] = Example(text, int(event.get("label") == positive_label))
     return list(examples.values())
+
+
+def combine(datasets: Iterable[Dataset], extra: Sequence[Example], name: str) -> Dataset:
+    """The datasets' rows, then the `extra` examples whose text none of them has (a
+    curated row wins over feedback on the same text)."""
+    rows = [example for dataset in datasets for example in dataset]
+    known = {example.text for example in rows}
+    return Dataset.from_examples([*rows, *(e for e in extra if e.text not in known)], name=name)
 
 
 def shipped_or_file(name: str) -> Dataset:
@@ -147,11 +157,6 @@ def shipped_or_file(name: str) -> Dataset:
     if name in SHIPPED:
         return SHIPPED[name]()
     return load_dataset(local_path(name))
-
-
-def combine(datasets: Iterable[Dataset], extra: Sequence[Example], name: str) -> Dataset:
-    rows = [example for dataset in datasets for example in dataset]
-    return Dataset.from_examples([*rows, *extra], name=name)
 
 
 def write_dataset(dataset: Dataset, directory: Path, stem: str) -> Path:

@@ -137,13 +137,14 @@ def gate_numbers(decision: Any) -> dict[str, Any]:
     }
 
 
-def thresholds(settings: WorkerSettings) -> canary.Thresholds:
+def thresholds(settings: WorkerSettings, trigger: str = "") -> canary.Thresholds:
+    max_score_ks = settings.max_score_ks_after_drift if trigger == "drift" else settings.max_score_ks
     return canary.Thresholds(
         min_events=settings.canary_min_events,
         max_error_rate_increase=settings.max_error_rate_increase,
         max_latency_ratio=settings.max_latency_ratio,
         latency_slack_seconds=settings.latency_slack_seconds,
-        max_score_ks=settings.max_score_ks,
+        max_score_ks=max_score_ks,
         min_agreement=settings.min_agreement,
     )
 
@@ -389,7 +390,7 @@ def analyze(p: Pipeline, env: PipelineEnv) -> Result:
         canary_stats,
         production_stats,
         agreement_rate,
-        thresholds(s),
+        thresholds(s, p.trigger),
         require_traffic=s.on_insufficient_traffic == "rollback",
     )
     summary = verdict.summary()

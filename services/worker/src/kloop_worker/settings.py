@@ -130,6 +130,11 @@ class WorkerSettings(ServiceSettings):
     latency_slack_seconds: float = Field(default=0.005, ge=0)
     # Two-sample Kolmogorov-Smirnov statistic between the two score distributions.
     max_score_ks: float = Field(default=0.5, gt=0, le=1)
+    # For a retrain that drift triggered: production is the model that stopped fitting
+    # the traffic, and the candidate is meant to score it differently (the gate has
+    # already compared the two on labeled data), so by default the KS statistic is
+    # recorded but does not fail the canary.
+    max_score_ks_after_drift: float = Field(default=1.0, gt=0, le=1)
     # Both versions score the same probe texts (production's holdout, else the training
     # data; at most probe_texts): the share of equal labels must reach this.
     min_agreement: float = Field(default=0.8, ge=0, le=1)

@@ -98,6 +98,11 @@ class RegistryServiceStub:
                 request_serializer=kloop_dot_registry_dot_v1_dot_registry__pb2.WatchModelsRequest.SerializeToString,
                 response_deserializer=kloop_dot_registry_dot_v1_dot_registry__pb2.ModelEvent.FromString,
                 _registered_method=True)
+        self.ImportModel = channel.stream_unary(
+                '/kloop.registry.v1.RegistryService/ImportModel',
+                request_serializer=kloop_dot_registry_dot_v1_dot_registry__pb2.ImportModelChunk.SerializeToString,
+                response_deserializer=kloop_dot_registry_dot_v1_dot_registry__pb2.ImportModelResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -189,6 +194,18 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ImportModel(self, request_iterator, context):
+        """Registers a model brought as an ONNX file rather than trained here ("bring your
+        own model"): the client streams an ImportModelHeader first, then every file's
+        bytes in order. The registry checks each digest, reads the signature from the
+        graph, stores the files in an MLflow run and creates a version (kind "imported";
+        with a tokenizer.json it is a text-embedding model). Imported versions are not
+        gated against a holdout: the audit trail says so. Idempotent per (name, digests).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -251,6 +268,11 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.WatchModels,
                     request_deserializer=kloop_dot_registry_dot_v1_dot_registry__pb2.WatchModelsRequest.FromString,
                     response_serializer=kloop_dot_registry_dot_v1_dot_registry__pb2.ModelEvent.SerializeToString,
+            ),
+            'ImportModel': grpc.stream_unary_rpc_method_handler(
+                    servicer.ImportModel,
+                    request_deserializer=kloop_dot_registry_dot_v1_dot_registry__pb2.ImportModelChunk.FromString,
+                    response_serializer=kloop_dot_registry_dot_v1_dot_registry__pb2.ImportModelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -581,6 +603,33 @@ class RegistryService:
             '/kloop.registry.v1.RegistryService/WatchModels',
             kloop_dot_registry_dot_v1_dot_registry__pb2.WatchModelsRequest.SerializeToString,
             kloop_dot_registry_dot_v1_dot_registry__pb2.ModelEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportModel(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/kloop.registry.v1.RegistryService/ImportModel',
+            kloop_dot_registry_dot_v1_dot_registry__pb2.ImportModelChunk.SerializeToString,
+            kloop_dot_registry_dot_v1_dot_registry__pb2.ImportModelResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,3 @@
+from kloop_rag.eval.run import main
+
+raise SystemExit(main())

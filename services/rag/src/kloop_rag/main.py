@@ -1,0 +1,55 @@
+"""`kloop-rag`: HTTP (FastAPI on uvicorn, SSE streaming) and gRPC in one process."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Generator
+from contextlib import contextmanager
+
+import uvicorn
+
+from kloop_core.logging import configure_logging, get_logger
+from kloop_core.settings import load_settings, redacted_dict
+from kloop_core.tracing import configure_tracing, shutdown_tracing
+from kloop_rag.app import create_app
+from kloop_rag.settings import RagSettings
+
+log = get_logger(__name__)
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class _Server(uvicorn.Server):
+    @contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        # As uvicorn's, minus re-raising the signal after the graceful shutdown: exit 0
+        # (and flush traces) like every kloop service.
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in _SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def main() -> None:
+    settings = load_settings(RagSettings)  # bad env: one line per variable, exit 2
+    configure_logging("rag", settings.log_level, settings.log_format)
+    configure_tracing("rag", settings.otlp_endpoint)
+    log.info("starting", config=redacted_dict(settings))
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.http_host,
+        port=settings.http_port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
+    )
+    try:
+        _Server(config).run()
+    finally:
+        shutdown_tracing()
+    log.info("stopped")
+
+
+if __name__ == "__main__":
+    main()
