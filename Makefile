@@ -47,7 +47,11 @@ typecheck: install ## mypy (strict) on libs/
 	$(RUN) mypy libs/core/src libs/model/src libs/client/src
 
 .PHONY: test
-test: install ## Run every test (unit, integration and slow end-to-end)
+.PHONY: test-tools
+test-tools: ## Install the servers the tests run for real that pip cannot: prometheus (apt)
+	@command -v prometheus >/dev/null 2>&1 || scripts/deploy-apt-tools.sh
+
+test: install test-tools ## Run every test (unit, integration and slow end-to-end)
 	$(RUN) python scripts/run_tests.py $(PYTEST_ARGS)
 
 .PHONY: test-fast
@@ -55,7 +59,7 @@ test-fast: install ## Run the tests not marked slow
 	$(RUN) python scripts/run_tests.py -m "not slow" $(PYTEST_ARGS)
 
 .PHONY: test-e2e
-test-e2e: install ## Run only the slow end-to-end tests
+test-e2e: install test-tools ## Run only the slow end-to-end tests
 	$(RUN) python scripts/run_tests.py -m slow $(PYTEST_ARGS)
 
 .PHONY: up

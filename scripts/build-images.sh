@@ -19,7 +19,8 @@ if ((${#services[@]} == 0)); then
   for dockerfile in services/*/Dockerfile; do
     name=$(basename "$(dirname "$dockerfile")")
     # A service is built once its entry point exists.
-    [[ -f services/$name/src/kloop_$name/main.py ]] && services+=("$name")
+    # (package kloop_<name with dashes as underscores>: drift-monitor -> kloop_drift_monitor).
+    [[ -f services/$name/src/kloop_${name//-/_}/main.py ]] && services+=("$name")
   done
 fi
 

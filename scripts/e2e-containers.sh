@@ -18,8 +18,8 @@ python=${PYTHON:-uv run --no-sync python}
 base=${E2E_PORT_BASE:-26000}
 prefix=kloop-e2e-$$
 redis_port=$((base + 379)) mlflow_port=$((base + 500))
-declare -A grpc_port=([registry]=$((base + 151)) [training]=$((base + 152)) [inference]=$((base + 153)) [gateway]=$((base + 154)))
-declare -A http_port=([registry]=$((base + 181)) [training]=$((base + 182)) [inference]=$((base + 183)) [gateway]=$((base + 184)))
+declare -A grpc_port=([registry]=$((base + 151)) [training]=$((base + 152)) [inference]=$((base + 153)) [gateway]=$((base + 154)) [drift-monitor]=$((base + 156)) [worker]=0)
+declare -A http_port=([registry]=$((base + 181)) [training]=$((base + 182)) [inference]=$((base + 183)) [gateway]=$((base + 184)) [drift-monitor]=$((base + 186)) [worker]=$((base + 188)))
 ca_mount=()
 [[ -d /etc/ssl/certs ]] && ca_mount=(-v /etc/ssl/certs:/etc/ssl/certs:ro)
 
@@ -89,6 +89,7 @@ redis_url=redis://127.0.0.1:$redis_port/0
 mlflow_url=http://127.0.0.1:$mlflow_port
 service_env() {  # NAME -> -e args
   local s=$1 p=KLOOP_${1^^}_
+  p=${p//-/_}
   local env=(-e "${p}GRPC_HOST=127.0.0.1" -e "${p}HTTP_HOST=127.0.0.1"
     -e "${p}GRPC_PORT=${grpc_port[$s]}" -e "${p}HTTP_PORT=${http_port[$s]}"
     -e "${p}REDIS_URL=$redis_url" -e "${p}LOG_LEVEL=INFO")
@@ -97,12 +98,16 @@ service_env() {  # NAME -> -e args
     training) env+=(-e "${p}MLFLOW_TRACKING_URI=$mlflow_url" -e "${p}REGISTRY_ADDR=127.0.0.1:${grpc_port[registry]}") ;;
     inference) env+=(-e "${p}REGISTRY_ADDR=127.0.0.1:${grpc_port[registry]}" -e "${p}MODELS={\"sentiment\": [\"production\", \"canary\"]}") ;;
     gateway) env+=(-e "${p}REGISTRY_ADDR=127.0.0.1:${grpc_port[registry]}" -e "${p}INFERENCE_ADDR=127.0.0.1:${grpc_port[inference]}") ;;
+    drift-monitor) env+=(-e "${p}MLFLOW_TRACKING_URI=$mlflow_url" -e "${p}REGISTRY_ADDR=127.0.0.1:${grpc_port[registry]}") ;;
+    worker) env+=(-e "${p}REGISTRY_ADDR=127.0.0.1:${grpc_port[registry]}" -e "${p}TRAINING_ADDR=127.0.0.1:${grpc_port[training]}"
+      -e "${p}INFERENCE_ADDR=127.0.0.1:${grpc_port[inference]}" -e "${p}DRIFT_MONITOR_URL=http://127.0.0.1:${http_port[drift-monitor]}"
+      -e "${p}CONCURRENCY=2") ;;
   esac
   printf '%s\n' "${env[@]}"
 }
 
 services=()
-for s in registry training inference gateway; do
+for s in registry training inference gateway drift-monitor worker; do
   $podman image exists "$repo/$s:$tag" && services+=("$s")
 done
 for s in registry training; do
@@ -110,22 +115,35 @@ for s in registry training; do
 done
 metrics=()
 for s in "${services[@]}"; do
-  echo "== $s (gRPC :${grpc_port[$s]}, HTTP :${http_port[$s]})"
+  echo "== $s ($( ((grpc_port[$s])) && echo "gRPC :${grpc_port[$s]}, " )HTTP :${http_port[$s]})"
   mapfile -t env < <(service_env "$s")
   run "$s" "$repo/$s:$tag" --tmpfs /var/cache/kloop:rw,U --user 10001:10001 "${env[@]}"
   metrics+=(--metrics "http://127.0.0.1:${http_port[$s]}/metrics")
 done
 for s in registry training; do wait_http "http://127.0.0.1:${http_port[$s]}/readyz" 120 "$s"; done
+# The worker serves only /metrics (no /readyz); the drift monitor is ready once its
+# consumer group exists.
+[[ " ${services[*]} " == *" worker "* ]] && wait_http "http://127.0.0.1:${http_port[worker]}/metrics" 120 worker
+[[ " ${services[*]} " == *" drift-monitor "* ]] && wait_http "http://127.0.0.1:${http_port[drift-monitor]}/readyz" 120 drift-monitor
 # The image's own HEALTHCHECK, run once by hand (podman schedules it with systemd, which
 # these machines lack: podman logs "unable to get systemd connection", filtered above).
 for s in "${services[@]}"; do
-  $podman healthcheck run "$prefix-$s" >/dev/null 2>&1 || { echo "FAIL: HEALTHCHECK of $s" >&2; exit 1; }
+  # (The worker's is a Celery ping through Redis: it answers once the worker consumes.)
+  tries=30
+  until $podman healthcheck run "$prefix-$s" >/dev/null 2>&1; do
+    ((--tries > 0)) || { echo "FAIL: HEALTHCHECK of $s" >&2; exit 1; }
+    sleep 1
+  done
 done
 echo "== platform up in $((SECONDS - t0)) s; HEALTHCHECK passes in ${services[*]}"
 
 smoke=(--training "127.0.0.1:${grpc_port[training]}" --registry "127.0.0.1:${grpc_port[registry]}")
 if [[ " ${services[*]} " == *" inference "* ]]; then
   smoke+=(--inference-http "http://127.0.0.1:${http_port[inference]}" --inference-grpc "127.0.0.1:${grpc_port[inference]}")
+fi
+if [[ " ${services[*]} " == *" gateway "* ]]; then
+  smoke+=(--gateway-http "http://127.0.0.1:${http_port[gateway]}" --gateway-grpc "127.0.0.1:${grpc_port[gateway]}" --redis-url "$redis_url")
+  [[ " ${services[*]} " == *" worker "* ]] && smoke+=(--batch-job)
 fi
 $python scripts/e2e_containers_smoke.py "${smoke[@]}" "${metrics[@]}"
 echo "e2e-containers: passed in $((SECONDS - t0)) s"

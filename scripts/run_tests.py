@@ -28,6 +28,9 @@ PACKAGES = sorted(
     and (p.parent / "pyproject.toml").exists()
     and (package := p.parent.relative_to(ROOT).as_posix()) not in EXCLUDED
 )
+# deploy/tests: checks of the deploy artefacts against the running platform (slow).
+if (ROOT / "deploy" / "tests").is_dir():
+    PACKAGES.append("deploy/tests")
 
 
 def main(args: list[str]) -> int:

@@ -2,8 +2,8 @@
 """Schema-validates rendered manifests for one Kubernetes version.
 
 Core kinds: kubernetes-validate --strict (unknown fields are errors). Custom resources
-it has no schema for (ServiceMonitor, PrometheusRule, ...) get the structural checks
-below; any other kind without a schema fails.
+it has no schema for (ServiceMonitor, PrometheusRule, KEDA ScaledObject, ...) get the
+structural checks below; any other kind without a schema fails.
 
 Usage: validate-manifests.py --kubernetes-version 1.29.0 --validator "CMD" FILE...
 """
@@ -53,7 +53,55 @@ def check_prometheus_rule(doc: dict[str, Any]) -> list[str]:
     return problems
 
 
+def check_scaled_object(doc: dict[str, Any]) -> list[str]:
+    """KEDA ScaledObject: a Deployment target, sane replica bounds, well-formed triggers."""
+    spec = doc.get("spec") or {}
+    problems = []
+    target = spec.get("scaleTargetRef") or {}
+    if not target.get("name"):
+        problems.append("spec.scaleTargetRef.name missing")
+    if target.get("kind", "Deployment") not in ("Deployment", "StatefulSet"):
+        problems.append(f"spec.scaleTargetRef.kind {target.get('kind')!r} is not scalable here")
+    low, high = spec.get("minReplicaCount", 0), spec.get("maxReplicaCount", 100)
+    if not (isinstance(low, int) and isinstance(high, int) and 0 <= low <= high and high >= 1):
+        problems.append(f"replica bounds min={low!r} max={high!r}")
+    for key in ("pollingInterval", "cooldownPeriod"):
+        if key in spec and not (isinstance(spec[key], int) and spec[key] >= 0):
+            problems.append(f"spec.{key} must be a non-negative integer")
+    triggers = spec.get("triggers") or []
+    if not triggers:
+        problems.append("spec.triggers is empty")
+    for i, trig in enumerate(triggers):
+        meta = trig.get("metadata") or {}
+        if not trig.get("type"):
+            problems.append(f"spec.triggers[{i}].type missing")
+        if any(not isinstance(v, str) for v in meta.values()):
+            problems.append(f"spec.triggers[{i}].metadata values must all be strings")
+        if trig.get("type") == "redis":
+            if not re.match(r"^[^:/\s]+:[0-9]+$", meta.get("address", "")):
+                problems.append(f"spec.triggers[{i}].metadata.address is not host:port")
+            if not meta.get("listName"):
+                problems.append(f"spec.triggers[{i}].metadata.listName missing")
+            for key in ("listLength", "activationListLength", "databaseIndex"):
+                if key in meta and not str(meta[key]).isdigit():
+                    problems.append(f"spec.triggers[{i}].metadata.{key} is not a number")
+    return problems
+
+
+def check_trigger_authentication(doc: dict[str, Any]) -> list[str]:
+    refs = (doc.get("spec") or {}).get("secretTargetRef") or []
+    if not refs:
+        return ["spec.secretTargetRef is empty"]
+    return [
+        f"spec.secretTargetRef[{i}] needs parameter, name and key"
+        for i, ref in enumerate(refs)
+        if not all(ref.get(k) for k in ("parameter", "name", "key"))
+    ]
+
+
 CUSTOM = {
+    ("keda.sh/v1alpha1", "ScaledObject"): check_scaled_object,
+    ("keda.sh/v1alpha1", "TriggerAuthentication"): check_trigger_authentication,
     ("monitoring.coreos.com/v1", "ServiceMonitor"): check_service_monitor,
     ("monitoring.coreos.com/v1", "PodMonitor"): check_service_monitor,
     ("monitoring.coreos.com/v1", "PrometheusRule"): check_prometheus_rule,

@@ -4,12 +4,17 @@
 
 Dashboards are code: edit this file and run `python deploy/grafana/gen_dashboards.py`;
 `make dashboards-check` validates the JSON and parses every query with promtool.
-Series come from libs/core/src/kloop_core/metrics.py (RED of every service).
+Series come from libs/core/src/kloop_core/metrics.py (RED of every service) and from
+the services' own domain series (services/*/src/*/metrics.py, kloop_inference.telemetry);
+deploy/tests/test_dashboards_prometheus.py runs every query against a real Prometheus
+scraping the running platform. One dashboard per concern: platform overview, inference,
+gateway, loop (drift -> retrain -> promote), worker.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +85,7 @@ def timeseries(title: str, unit: str, *targets: dict[str, Any], desc: str = "") 
         },
         "options": {
             "legend": {
+                "showLegend": True,
                 "displayMode": "table",
                 "placement": "bottom",
                 "calcs": ["mean", "max", "lastNotNull"],
@@ -101,11 +107,35 @@ def stat(title: str, unit: str, expr: str, desc: str = "") -> dict[str, Any]:
             "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
             "colorMode": "value",
             "graphMode": "area",
+            "justifyMode": "auto",
+            "orientation": "auto",
+            "textMode": "auto",
+            "wideLayout": True,
+            "showPercentChange": False,
+            "percentChangeColorMode": "standard",
         },
     }
 
 
-def variables() -> list[dict[str, Any]]:
+def variable(name: str, label: str, expr: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "label": label,
+        "type": "query",
+        "datasource": DS,
+        "query": {"query": expr, "refId": f"{name}-var"},
+        "refresh": 2,
+        "includeAll": True,
+        "multi": True,
+        "allValue": ".*",
+        "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+        "sort": 1,
+        "hide": 0,
+        "options": [],
+    }
+
+
+def variables(*extra: dict[str, Any]) -> list[dict[str, Any]]:
     def query(name: str, label: str, expr: str) -> dict[str, Any]:
         return {
             "name": name,
@@ -113,7 +143,6 @@ def variables() -> list[dict[str, Any]]:
             "type": "query",
             "datasource": DS,
             "query": {"query": expr, "refId": f"{name}-var"},
-            "definition": expr,
             "refresh": 2,
             "includeAll": True,
             "multi": True,
@@ -130,7 +159,6 @@ def variables() -> list[dict[str, Any]]:
             "label": "Data source",
             "type": "datasource",
             "query": "prometheus",
-            "current": {},
             "hide": 0,
             "refresh": 1,
             "options": [],
@@ -139,10 +167,16 @@ def variables() -> list[dict[str, Any]]:
         query(
             "service", "Service", 'label_values(kloop_build_info{namespace=~"$namespace"}, service)'
         ),
-    ]
+    ][: 3 if not extra else 2] + list(extra)
 
 
-def dashboard(uid: str, title: str, description: str, layout: Layout) -> dict[str, Any]:
+def dashboard(
+    uid: str,
+    title: str,
+    description: str,
+    layout: Layout,
+    templating: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     return {
         "uid": uid,
         "title": title,
@@ -155,7 +189,7 @@ def dashboard(uid: str, title: str, description: str, layout: Layout) -> dict[st
         "version": 1,
         "refresh": "30s",
         "time": {"from": "now-1h", "to": "now"},
-        "templating": {"list": variables()},
+        "templating": {"list": templating if templating is not None else variables()},
         "annotations": {"list": []},
         "links": [],
         "panels": layout.panels,
@@ -219,8 +253,9 @@ def platform_overview() -> dict[str, Any]:
             "gRPC server-error ratio by service",
             "percentunit",
             target(
-                f'sum by (service) (rate(kloop_grpc_server_requests_total{{{SEL}, code=~"{SERVER_ERRORS}"}}[$__rate_interval]))'
-                f" / sum by (service) (rate(kloop_grpc_server_requests_total{{{SEL}}}[$__rate_interval]))",
+                ratio(
+                    "kloop_grpc_server_requests_total", SEL, f'code=~"{SERVER_ERRORS}"', "service"
+                ),
                 "{{service}}",
             ),
             desc=f"Calls ending {SERVER_ERRORS}; client errors (INVALID_ARGUMENT, NOT_FOUND, ...) are not counted.",
@@ -269,8 +304,7 @@ def platform_overview() -> dict[str, Any]:
             "HTTP 5xx ratio by service",
             "percentunit",
             target(
-                f'sum by (service) (rate(kloop_http_requests_total{{{SEL}, code=~"5.."}}[$__rate_interval]))'
-                f" / sum by (service) (rate(kloop_http_requests_total{{{SEL}}}[$__rate_interval]))",
+                ratio("kloop_http_requests_total", SEL, 'code=~"5.."', "service"),
                 "{{service}}",
             ),
         )
@@ -309,12 +343,553 @@ def platform_overview() -> dict[str, Any]:
     )
 
 
+NS = 'namespace=~"$namespace"'
+MODEL_VAR = variable(
+    "model", "Model", 'label_values(kloop_inference_model_info{namespace=~"$namespace"}, model)'
+)
+
+
+def rate(expr: str, by: str = "") -> str:
+    """sum [by (...)] (rate(<expr>[$__rate_interval]))"""
+    return f"sum{f' by ({by})' if by else ''} (rate({expr}[$__rate_interval]))"
+
+
+def ratio(metric: str, sel: str, matcher: str, by: str) -> str:
+    """Share of `metric`'s rate whose series also match `matcher`, per `by`."""
+    total = rate(f"{metric}{{{sel}}}", by)
+    # `or total * 0`: 0 (not "no data") while no series matches yet, e.g. no error so far.
+    return f"({rate(f'{metric}{{{sel}, {matcher}}}', by)} or {total} * 0) / {total}"
+
+
+def quantile(q: float, metric: str, sel: str, by: str) -> str:
+    return f"histogram_quantile({q}, {rate(f'{metric}_bucket{{{sel}}}', by + ', le')})"
+
+
+def inference() -> dict[str, Any]:
+    sel = f'{NS}, model=~"$model"'
+    g = Layout()
+    g.row("Throughput and errors per model version")
+    g.add(
+        timeseries(
+            "Requests/s by model, version and protocol",
+            "reqps",
+            target(
+                rate(f"kloop_inference_requests_total{{{sel}}}", "model, version, protocol"),
+                "{{model}} v{{version}} {{protocol}}",
+            ),
+            desc="kloop_inference_requests_total: every OIP inference request, by the version that answered.",
+        )
+    )
+    g.add(
+        timeseries(
+            "Errors/s by model, version and status",
+            "reqps",
+            target(
+                rate(
+                    f'kloop_inference_requests_total{{{sel}, status!="ok"}}',
+                    "model, version, status",
+                ),
+                "{{model}} v{{version}} {{status}}",
+            ),
+            desc="Requests that did not end ok (the status is the OIP/gRPC error class).",
+        )
+    )
+    g.row("Latency and batching")
+    g.add(
+        timeseries(
+            "Request latency p50 / p99 by model version",
+            "s",
+            target(
+                quantile(0.5, "kloop_inference_request_duration_seconds", sel, "model, version"),
+                "{{model}} v{{version}} p50",
+                "A",
+            ),
+            target(
+                quantile(0.99, "kloop_inference_request_duration_seconds", sel, "model, version"),
+                "{{model}} v{{version}} p99",
+                "B",
+            ),
+            desc="Arrival to encoded response, successful requests.",
+        )
+    )
+    g.add(
+        timeseries(
+            "Queue time p50 / p99 (dynamic batcher)",
+            "s",
+            target(
+                quantile(0.5, "kloop_inference_queue_duration_seconds", sel, "model, version"),
+                "{{model}} v{{version}} p50",
+                "A",
+            ),
+            target(
+                quantile(0.99, "kloop_inference_queue_duration_seconds", sel, "model, version"),
+                "{{model}} v{{version}} p99",
+                "B",
+            ),
+            desc="Time a request waited in the batcher before its batch started.",
+        )
+    )
+    g.add(
+        timeseries(
+            "Batch size (rows per execution): mean and p99",
+            "none",
+            target(
+                f"{rate(f'kloop_inference_batch_size_sum{{{sel}}}', 'model, version')} / {rate(f'kloop_inference_batch_size_count{{{sel}}}', 'model, version')}",
+                "{{model}} v{{version}} mean",
+                "A",
+            ),
+            target(
+                quantile(0.99, "kloop_inference_batch_size", sel, "model, version"),
+                "{{model}} v{{version}} p99",
+                "B",
+            ),
+        )
+    )
+    g.add(
+        timeseries(
+            "Requests per batch (mean) and pending requests",
+            "none",
+            target(
+                f"{rate(f'kloop_inference_batch_requests_sum{{{sel}}}', 'model, version')} / {rate(f'kloop_inference_batch_requests_count{{{sel}}}', 'model, version')}",
+                "{{model}} v{{version}} requests/batch",
+                "A",
+            ),
+            target(
+                f"sum by (model) (kloop_inference_pending_requests{{{sel}}})",
+                "{{model}} pending",
+                "B",
+            ),
+        )
+    )
+    g.row("What is served")
+    g.add(
+        {
+            **timeseries(
+                "Versions loaded per alias",
+                "none",
+                target(
+                    f"max by (model, alias, version) (kloop_inference_model_info{{{sel}}})",
+                    "{{model}} {{alias}} v{{version}}",
+                ),
+            ),
+            "description": "kloop_inference_model_info: 1 per (model, alias, version) loaded by an inference replica.",
+        },
+        w=24,
+    )
+    return dashboard(
+        "kloop-inference",
+        "kloop / Inference",
+        "The inference service per model and version: throughput, errors, latency, dynamic batching.",
+        g,
+        variables(MODEL_VAR),
+    )
+
+
+def gateway() -> dict[str, Any]:
+    sel = f'{NS}, model=~"$model"'
+    g = Layout()
+    g.row("Traffic and cache")
+    g.add(
+        timeseries(
+            "Predictions/s by alias and version",
+            "reqps",
+            target(
+                rate(f"kloop_gateway_predictions_total{{{sel}}}", "model, alias, version"),
+                "{{model}} {{alias}} v{{version}}",
+            ),
+            desc="Answers returned, by the alias (production or canary) and version that produced them.",
+        )
+    )
+    g.add(
+        timeseries(
+            "Canary share of predictions",
+            "percentunit",
+            target(
+                ratio("kloop_gateway_predictions_total", sel, 'alias="canary"', "model"),
+                "{{model}}",
+            ),
+            desc="Compare with the model's configured canary percent.",
+        )
+    )
+    g.add(
+        timeseries(
+            "Cache hit ratio",
+            "percentunit",
+            target(
+                ratio("kloop_gateway_cache_lookups_total", sel, 'result="hit"', "model"),
+                "{{model}}",
+            ),
+            desc="Hits over all lookups (hit, miss, bypass) per text.",
+        )
+    )
+    g.add(
+        timeseries(
+            "Cache lookups/s by result",
+            "reqps",
+            target(
+                rate(f"kloop_gateway_cache_lookups_total{{{sel}}}", "model, result"),
+                "{{model}} {{result}}",
+            ),
+        )
+    )
+    g.row("Auth and rate limits")
+    g.add(
+        timeseries(
+            "Rate-limited requests/s by scope",
+            "reqps",
+            target(
+                rate(f"kloop_gateway_rate_limited_requests_total{{{NS}}}", "scope"), "{{scope}}"
+            ),
+            desc="Refused with 429 / RESOURCE_EXHAUSTED by the per-key token bucket.",
+        )
+    )
+    g.add(
+        timeseries(
+            "Auth failures/s by reason",
+            "reqps",
+            target(rate(f"kloop_gateway_auth_failures_total{{{NS}}}", "reason"), "{{reason}}"),
+        )
+    )
+    g.row("Shadow traffic (challenger)")
+    g.add(
+        timeseries(
+            "Shadow label agreement with the answering alias",
+            "percentunit",
+            target(
+                ratio(
+                    "kloop_gateway_shadow_comparisons_total",
+                    sel,
+                    'agreement="agree"',
+                    "model, primary_alias",
+                ),
+                "{{model}} challenger vs {{primary_alias}}",
+            ),
+        )
+    )
+    g.add(
+        timeseries(
+            "Shadow score difference p50 / p99",
+            "none",
+            target(
+                quantile(0.5, "kloop_gateway_shadow_score_difference", sel, "model"),
+                "{{model}} p50",
+                "A",
+            ),
+            target(
+                quantile(0.99, "kloop_gateway_shadow_score_difference", sel, "model"),
+                "{{model}} p99",
+                "B",
+            ),
+        )
+    )
+    g.add(
+        timeseries(
+            "Shadow requests/s by outcome",
+            "reqps",
+            target(
+                rate(f"kloop_gateway_shadow_requests_total{{{sel}}}", "model, outcome"),
+                "{{model}} {{outcome}}",
+            ),
+        )
+    )
+    g.row("Upstream, prediction events, feedback")
+    g.add(
+        timeseries(
+            "Upstream (inference) latency p50 / p99 by alias",
+            "s",
+            target(
+                quantile(
+                    0.5, "kloop_gateway_upstream_request_duration_seconds", sel, "model, alias"
+                ),
+                "{{model}} {{alias}} p50",
+                "A",
+            ),
+            target(
+                quantile(
+                    0.99, "kloop_gateway_upstream_request_duration_seconds", sel, "model, alias"
+                ),
+                "{{model}} {{alias}} p99",
+                "B",
+            ),
+        )
+    )
+    g.add(
+        timeseries(
+            "Prediction events/s by outcome; writer queue",
+            "none",
+            target(
+                rate(f"kloop_gateway_prediction_events_total{{{NS}}}", "outcome"),
+                "{{outcome}}/s",
+                "A",
+            ),
+            target(f"sum(kloop_gateway_prediction_event_queue{{{NS}}})", "queued", "B"),
+        )
+    )
+    g.add(
+        timeseries(
+            "Feedback/s by result",
+            "reqps",
+            target(rate(f"kloop_gateway_feedback_total{{{NS}}}", "result"), "{{result}}"),
+        ),
+        w=24,
+    )
+    return dashboard(
+        "kloop-gateway",
+        "kloop / Gateway",
+        "The front door: predictions per alias, cache, auth and rate limits, canary and shadow traffic.",
+        g,
+        variables(MODEL_VAR),
+    )
+
+
+def loop() -> dict[str, Any]:
+    sel = f'{NS}, model=~"$model"'
+    g = Layout()
+    g.row("Drift")
+    g.add(
+        timeseries(
+            "Drift per feature (last window) vs threshold",
+            "none",
+            target(
+                f"max by (model, version, feature, metric) (kloop_drift_value{{{sel}}})",
+                "{{model}} v{{version}} {{feature}} {{metric}}",
+                "A",
+            ),
+            target(
+                f"max by (model, metric) (kloop_drift_threshold{{{sel}}})",
+                "threshold {{metric}}",
+                "B",
+            ),
+            desc="PSI / KS / JS of the last evaluated window against the version's training reference.",
+        ),
+        w=24,
+        h=9,
+    )
+    g.add(
+        stat(
+            "Versions drifting now",
+            "none",
+            f"sum(kloop_drift_detected{{{sel}}})",
+            "Versions whose last decided window drifted.",
+        ),
+        w=6,
+        h=5,
+    )
+    g.add(
+        timeseries(
+            "Consecutive drifted windows",
+            "none",
+            target(
+                f"max by (model, version) (kloop_drift_consecutive_windows{{{sel}}})",
+                "{{model}} v{{version}}",
+            ),
+        ),
+        w=9,
+        h=5,
+    )
+    g.add(
+        timeseries(
+            "Windows/s by outcome",
+            "none",
+            target(
+                rate(f"kloop_drift_windows_total{{{sel}}}", "model, outcome"),
+                "{{model}} {{outcome}}",
+            ),
+        ),
+        w=9,
+        h=5,
+    )
+    g.row("Live quality (feedback)")
+    g.add(
+        timeseries(
+            "Live accuracy and F1",
+            "percentunit",
+            target(
+                f"max by (model, version) (kloop_live_accuracy{{{sel}}})",
+                "{{model}} v{{version}} accuracy",
+                "A",
+            ),
+            target(
+                f"max by (model, version) (kloop_live_f1{{{sel}}})",
+                "{{model}} v{{version}} F1",
+                "B",
+            ),
+            desc="Over the most recent labeled predictions of each version.",
+        )
+    )
+    g.add(
+        timeseries(
+            "Events counted/s and consumer lag",
+            "none",
+            target(rate(f"kloop_drift_events_processed_total{{{NS}}}", "kind"), "{{kind}}/s", "A"),
+            target(f"max by (stream) (kloop_drift_consumer_lag{{{NS}}})", "lag {{stream}}", "B"),
+        )
+    )
+    g.row("Retrain, gate, canary, promote")
+    g.add(
+        timeseries(
+            "Retrain triggers (drift monitor)",
+            "none",
+            target(
+                f"sum by (model) (increase(kloop_drift_retrain_requests_total{{{sel}}}[$__range]))",
+                "{{model}} requested",
+                "A",
+            ),
+            target(
+                f"sum by (model) (increase(kloop_drift_retrain_suppressed_total{{{sel}}}[$__range]))",
+                "{{model}} suppressed",
+                "B",
+            ),
+            target(
+                f"sum by (model) (increase(kloop_drift_retrain_failures_total{{{sel}}}[$__range]))",
+                "{{model}} send failed",
+                "C",
+            ),
+            desc="Over the dashboard's time range.",
+        )
+    )
+    g.add(
+        timeseries(
+            "Retraining pipelines finished by state",
+            "none",
+            target(
+                f"sum by (state) (increase(kloop_worker_pipelines_finished_total{{{NS}}}[$__range]))",
+                "{{state}}",
+            ),
+            desc="succeeded = the new version was promoted to production; rejected = the gate said no; rolled_back = the canary failed its analysis.",
+        )
+    )
+    g.add(
+        timeseries(
+            "Promotions: version per alias (inference)",
+            "none",
+            target(
+                f'count by (model, alias, version) (kloop_inference_model_info{{{sel}, alias=~"production|canary"}})',
+                "{{model}} {{alias}} v{{version}}",
+                "A",
+            ),
+            desc="One series per (alias, version) loaded: a promotion or rollback ends one and starts the next.",
+        )
+    )
+    g.add(
+        timeseries(
+            "Pipeline steps/s by step and outcome",
+            "none",
+            target(
+                rate(f"kloop_worker_pipeline_steps_total{{{NS}}}", "step, outcome"),
+                "{{step}} {{outcome}}",
+            ),
+        )
+    )
+    return dashboard(
+        "kloop-loop",
+        "kloop / Loop",
+        "Drift per feature, live accuracy, retrain triggers, retraining pipelines and promotions.",
+        g,
+        variables(MODEL_VAR),
+    )
+
+
+def worker() -> dict[str, Any]:
+    g = Layout()
+    g.row("Tasks")
+    g.add(
+        timeseries(
+            "Tasks/s by task and outcome",
+            "none",
+            target(
+                rate(f"kloop_worker_tasks_total{{{NS}}}", "task, outcome"), "{{task}} {{outcome}}"
+            ),
+        )
+    )
+    g.add(
+        timeseries(
+            "Task failure ratio by task",
+            "percentunit",
+            target(
+                ratio("kloop_worker_tasks_total", NS, 'outcome="failure"', "task"),
+                "{{task}}",
+            ),
+        )
+    )
+    g.add(
+        timeseries(
+            "Task duration p50 / p99 by task",
+            "s",
+            target(
+                quantile(0.5, "kloop_worker_task_duration_seconds", NS, "task"), "{{task}} p50", "A"
+            ),
+            target(
+                quantile(0.99, "kloop_worker_task_duration_seconds", NS, "task"),
+                "{{task}} p99",
+                "B",
+            ),
+        ),
+        w=24,
+    )
+    g.row("Batch scoring jobs")
+    g.add(
+        timeseries(
+            "Rows/s by model and outcome",
+            "none",
+            target(
+                rate(f"kloop_worker_job_rows_total{{{NS}}}", "model, outcome"),
+                "{{model}} {{outcome}}",
+            ),
+        )
+    )
+    g.add(
+        timeseries(
+            "Chunk writes/s by outcome",
+            "none",
+            target(rate(f"kloop_worker_job_chunks_total{{{NS}}}", "outcome"), "{{outcome}}"),
+            desc="duplicate = a redelivered chunk (nothing written); dropped = the job was cancelled or had failed.",
+        )
+    )
+    g.row("Workers")
+    g.add(
+        stat(
+            "Worker processes",
+            "none",
+            f'count(kloop_build_info{{{NS}, service="worker"}})',
+            "Worker replicas exporting metrics.",
+        ),
+        w=6,
+        h=4,
+    )
+    return dashboard(
+        "kloop-worker",
+        "kloop / Worker",
+        "Celery tasks (rate, failures, durations), batch scoring jobs. Queue depth: not exported yet (see deploy/README.md).",
+        g,
+        variables(),
+    )
+
+
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
-    for name, board in {"platform-overview": platform_overview()}.items():
+    boards = {
+        "platform-overview": platform_overview(),
+        "inference": inference(),
+        "gateway": gateway(),
+        "loop": loop(),
+        "worker": worker(),
+    }
+    check = "--check" in sys.argv[1:]
+    stale = []
+    for name, board in boards.items():
         path = OUT / f"{name}.json"
-        path.write_text(json.dumps(board, indent=2) + "\n")
+        text = json.dumps(board, indent=2) + "\n"
+        if check:
+            if not path.exists() or path.read_text() != text:
+                stale.append(path.name)
+            continue
+        path.write_text(text)
         print(f"wrote {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}")
+    if stale:
+        sys.exit(f"stale dashboards (run python deploy/grafana/gen_dashboards.py): {stale}")
+    if check:
+        print(f"dashboards match deploy/grafana/gen_dashboards.py ({len(boards)})")
 
 
 if __name__ == "__main__":

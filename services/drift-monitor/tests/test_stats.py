@@ -11,7 +11,14 @@ from hypothesis import strategies as st
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import ks_2samp
 
-from kloop_drift_monitor.stats import js_divergence, ks_from_counts, ks_samples, psi
+from kloop_drift_monitor.stats import (
+    js_divergence,
+    ks_critical_value,
+    ks_from_counts,
+    ks_samples,
+    psi,
+    psi_noise_floor,
+)
 
 counts = st.lists(st.integers(min_value=0, max_value=10_000), min_size=2, max_size=30)
 
@@ -113,3 +120,44 @@ def test_known_values() -> None:
 def test_bad_input_is_refused(call, args) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ValueError):
         call(*args)
+
+
+P = np.array([0.3, 0.2, 0.15, 0.1, 0.1, 0.05, 0.05, 0.03, 0.02])
+
+
+@settings(max_examples=50, deadline=None)
+@given(n=st.integers(20, 2000), m=st.integers(20, 2000))
+def test_noise_floors_shrink_as_samples_grow(n: int, m: int) -> None:
+    cur = np.round(P * m)
+    assert 0 < psi_noise_floor(P, cur * 4, 4 * n) < psi_noise_floor(P, cur, n)
+    assert 0 < ks_critical_value(2 * n, m) < ks_critical_value(n, m)
+    # Seeded: the same window gets the same threshold.
+    assert psi_noise_floor(P, cur, n) == psi_noise_floor(P, cur, n)
+
+
+def test_noise_floors_of_nothing_are_zero() -> None:
+    assert psi_noise_floor([1.0], [5], 40) == psi_noise_floor(P, P * 100, 0) == 0.0
+    assert psi_noise_floor(P, np.zeros(P.size), 40) == 0.0
+    assert ks_critical_value(0, 200) == ks_critical_value(40, 0) == 0.0
+
+
+@pytest.mark.parametrize(("n", "m"), [(40, 200), (200, 1000), (1000, 1000)])
+def test_samples_of_one_distribution_stay_under_the_floors(n: int, m: int) -> None:
+    # 99% floors: two samples of the same distribution exceed them rarely (seeded).
+    rng = np.random.default_rng(7)
+    trials, psi_over, ks_over = 300, 0, 0
+    for _ in range(trials):
+        ref, cur = rng.multinomial(n, P), rng.multinomial(m, P)
+        psi_over += psi(ref, cur) > psi_noise_floor(ref, cur, n)
+        ks_over += ks_from_counts(ref, cur) > ks_critical_value(n, m)
+    assert psi_over / trials <= 0.03
+    assert ks_over / trials <= 0.03
+    if n == 40:  # ... while the fixed PSI threshold of 0.2 calls this noise drift
+        noise = [psi(rng.multinomial(n, P), rng.multinomial(m, P)) for _ in range(200)]
+        assert np.mean(np.array(noise) > 0.2) > 0.2
+
+
+def test_a_real_shift_is_far_above_the_floors() -> None:
+    ref, cur = np.array([8, 8, 8, 8, 8, 0, 0]), np.array([0, 0, 10, 10, 60, 60, 60])
+    assert psi(ref, cur) > 3 * psi_noise_floor(ref, cur, 40)
+    assert ks_from_counts(ref, cur) > 2 * ks_critical_value(40, 200)

@@ -1,7 +1,14 @@
 """`helm test` for kloop: every service's gRPC health says SERVING, the registry
-answers, and the inference service makes a prediction with the test model's
-production version (trained and promoted first when KLOOP_TEST_TRAIN=true).
-Runs in the registry image (grpcio + the generated kloop protos)."""
+answers, the inference service makes a prediction with the test model's production
+version (trained and promoted first when KLOOP_TEST_TRAIN=true), and then, through the
+gateway, the way a user would: a prediction over HTTP and over gRPC with an API key, and
+(when the worker is deployed) a batch scoring job POST /v1/jobs -> GET until succeeded.
+
+The API key: the gateway's auth stays on. The test creates its own short-lived key
+("helm-test", scope predict) in the gateway's key store in Redis (kloop_core.api_keys,
+the same store `kloop keys create` writes; the pod gets the Redis URL and password like
+the services do) and revokes it when it is done, pass or fail.
+Runs in the registry image (grpcio, redis, kloop_core and the generated kloop protos)."""
 
 import json
 import os
@@ -17,7 +24,7 @@ from kloop.registry.v1 import registry_pb2_grpc as reg_grpc
 from kloop.training.v1 import training_pb2 as tr
 from kloop.training.v1 import training_pb2_grpc as tr_grpc
 
-SERVICES = json.loads(os.environ["KLOOP_TEST_SERVICES"])  # name -> {"grpc": addr, "http": url}
+SERVICES = json.loads(os.environ["KLOOP_TEST_SERVICES"])  # name -> {"grpc": addr?, "http": url}
 MODEL = os.environ.get("KLOOP_TEST_MODEL", "sentiment")
 TRAIN = os.environ.get("KLOOP_TEST_TRAIN", "false") == "true"
 DEADLINE = time.monotonic() + float(os.environ.get("KLOOP_TEST_TIMEOUT", "300"))
@@ -45,7 +52,8 @@ def serving(addr):
 
 
 for name, ep in SERVICES.items():
-    check(serving(ep["grpc"]), f"{name}: gRPC health SERVING at {ep['grpc']}")
+    if ep.get("grpc"):  # the worker serves no gRPC (its job path is tested below)
+        check(serving(ep["grpc"]), f"{name}: gRPC health SERVING at {ep['grpc']}")
 
 registry = reg_grpc.RegistryServiceStub(grpc.insecure_channel(SERVICES["registry"]["grpc"]))
 models = registry.ListModels(reg.ListModelsRequest(), timeout=30).models
@@ -112,3 +120,68 @@ while True:
 check(
     True, f"inference: {MODEL} v{answer['model_version']} predicted {answer['outputs'][0]['data']}"
 )
+
+if "gateway" not in SERVICES:
+    print("skip  gateway: not deployed")
+    sys.exit(0)
+
+from kloop_core.api_keys import ApiKeyStore  # noqa: E402 (after the checks above)
+from kloop_core.redis import create_redis  # noqa: E402
+
+keys = ApiKeyStore(create_redis(os.environ["KLOOP_TEST_REDIS_URL"]))
+key, token = keys.create(["predict"], name="helm-test")
+print(f"ok    created API key {key.id} (helm-test, scope predict; revoked at the end)")
+
+
+def gateway_http(path, body=None):
+    request = urllib.request.Request(  # noqa: S310 (an http URL built from chart values)
+        SERVICES["gateway"]["http"] + path,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+        return json.load(response)
+
+
+try:
+    while True:
+        try:
+            predicted = gateway_http(f"/v1/models/{MODEL}/predict", {"text": "a wonderful film"})
+            break
+        except OSError as e:
+            check(time.monotonic() < DEADLINE, f"gateway HTTP predicts in time ({e})")
+            time.sleep(2)
+    check(
+        predicted["model"]["version"] != "",
+        f"gateway HTTP: {predicted['label']} ({predicted['score']:.3f}) "
+        f"from {predicted['model']['alias']} v{predicted['model']['version']}",
+    )
+
+    from kloop.gateway.v1 import gateway_pb2 as gw
+    from kloop.gateway.v1 import gateway_pb2_grpc as gw_grpc
+
+    with grpc.insecure_channel(SERVICES["gateway"]["grpc"]) as channel:
+        reply = gw_grpc.GatewayServiceStub(channel).Predict(
+            gw.PredictRequest(model=MODEL, text="a dull, boring film"),
+            metadata=[("authorization", f"Bearer {token}")],
+            timeout=30,
+        )
+    check(bool(reply.id), f"gateway gRPC: {reply.label} ({reply.score:.3f}) v{reply.model.version}")
+
+    if "worker" in SERVICES:
+        accepted = gateway_http(
+            "/v1/jobs", {"model": MODEL, "texts": ["great", "terrible", "fine"] * 10}
+        )
+        while True:
+            job = gateway_http(f"/v1/jobs/{accepted['id']}")
+            if job["status"] not in ("queued", "running"):
+                break
+            check(time.monotonic() < DEADLINE, f"batch job {accepted['id']} finishes in time")
+            time.sleep(2)
+        check(
+            job["status"] == "succeeded" and job["counts"]["scored"] == 30,
+            f"worker: batch job {job['id']} {job['status']} ({job['counts']})",
+        )
+finally:
+    keys.revoke(key.id)
+    print(f"ok    revoked API key {key.id}")

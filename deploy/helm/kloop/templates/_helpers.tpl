@@ -191,3 +191,85 @@ spec:
     {{- end }}
 {{- end }}
 {{- end -}}
+
+{{/* HTTP base URL of another kloop service, e.g. "http://kloop-drift-monitor:18156". */}}
+{{- define "kloop.service.url" -}}
+{{- $svc := index .root.Values.services .name -}}
+{{- printf "http://%s:%d" (include "kloop.component" (dict "root" .root "name" .name)) (int $svc.ports.http) -}}
+{{- end -}}
+
+{{/* KEDA ScaledObject (+ TriggerAuthentication when Redis needs a password) of a Celery
+     worker: one `redis` trigger per queue, on the length of the queue's Redis list
+     (kombu's Redis transport keeps each queue as a list named after it).
+     kloop.kedaScaledObject (dict "root" $ "ctx" $ctx "fullname" $fullname "svc" $svc) */}}
+{{- define "kloop.kedaScaledObject" -}}
+{{- $root := .root -}}
+{{- $svc := .svc -}}
+{{- $keda := $svc.keda -}}
+{{- $address := "" -}}
+{{- $secret := "" -}}
+{{- $secretKey := "" -}}
+{{- if $root.Values.redis.enabled -}}
+{{- $address = printf "%s:%d" (include "kloop.redis.host" $root) (int $root.Values.redis.port) -}}
+{{- if $root.Values.redis.auth.enabled -}}
+{{- $secret = include "kloop.redis.secretName" $root -}}
+{{- $secretKey = $root.Values.redis.auth.existingSecretKey -}}
+{{- end -}}
+{{- else -}}
+{{- $address = required "services.worker.keda.redisAddress (host:port) is required when redis.enabled is false" $keda.redisAddress -}}
+{{- $secret = $keda.passwordSecret -}}
+{{- $secretKey = $keda.passwordSecretKey -}}
+{{- end -}}
+{{- if not $svc.queues }}
+{{- fail "services.worker.keda: queues must list the Celery queues to scale on" }}
+{{- end }}
+{{- if gt (int $keda.minReplicaCount) (int $keda.maxReplicaCount) }}
+{{- fail "services.worker.keda: minReplicaCount must not exceed maxReplicaCount" }}
+{{- end }}
+{{- if $secret }}
+---
+apiVersion: keda.sh/v1alpha1
+kind: TriggerAuthentication
+metadata:
+  name: {{ .fullname }}
+  namespace: {{ $root.Release.Namespace }}
+  labels:
+    {{- include "kloop.labels" .ctx | nindent 4 }}
+spec:
+  secretTargetRef:
+    - parameter: password
+      name: {{ $secret }}
+      key: {{ $secretKey }}
+{{- end }}
+---
+apiVersion: keda.sh/v1alpha1
+kind: ScaledObject
+metadata:
+  name: {{ .fullname }}
+  namespace: {{ $root.Release.Namespace }}
+  labels:
+    {{- include "kloop.labels" .ctx | nindent 4 }}
+spec:
+  scaleTargetRef:
+    apiVersion: apps/v1
+    kind: Deployment
+    name: {{ .fullname }}
+  minReplicaCount: {{ $keda.minReplicaCount }}
+  maxReplicaCount: {{ $keda.maxReplicaCount }}
+  pollingInterval: {{ $keda.pollingInterval }}
+  cooldownPeriod: {{ $keda.cooldownPeriod }}
+  triggers:
+    {{- range $queue := $svc.queues }}
+    - type: redis
+      metadata:
+        address: {{ $address | quote }}
+        databaseIndex: {{ $root.Values.redis.database | toString | quote }}
+        listName: {{ $queue | quote }}
+        listLength: {{ $keda.listLength | toString | quote }}
+        activationListLength: {{ $keda.activationListLength | toString | quote }}
+      {{- if $secret }}
+      authenticationRef:
+        name: {{ $.fullname }}
+      {{- end }}
+    {{- end }}
+{{- end -}}

@@ -17,7 +17,13 @@ import numpy as np
 import numpy.typing as npt
 
 from kloop_drift_monitor.reference import Reference
-from kloop_drift_monitor.stats import js_divergence, ks_from_counts, psi
+from kloop_drift_monitor.stats import (
+    js_divergence,
+    ks_critical_value,
+    ks_from_counts,
+    psi,
+    psi_noise_floor,
+)
 
 Counts = npt.NDArray[np.int64]
 
@@ -119,12 +125,31 @@ class WindowCounts:
     counts: Mapping[str, Counts]
 
 
+def _psi(
+    feature: str,
+    reference: npt.NDArray[np.float64],
+    counts: Counts,
+    n_reference: int,
+    th: Thresholds,
+) -> FeatureDrift:
+    """PSI against a threshold never below what sampling alone reaches for samples of
+    these sizes (`n_reference` 0, a profile that does not record its size, leaves the
+    configured threshold)."""
+    floor = psi_noise_floor(reference, counts, n_reference)
+    return FeatureDrift(feature, "psi", psi(reference, counts), max(th.psi, floor))
+
+
 def _numeric(
-    feature: str, reference: npt.NDArray[np.float64], counts: Counts, th: Thresholds
+    feature: str,
+    reference: npt.NDArray[np.float64],
+    counts: Counts,
+    n_reference: int,
+    th: Thresholds,
 ) -> list[FeatureDrift]:
+    critical = ks_critical_value(n_reference, int(counts.sum()))
     return [
-        FeatureDrift(feature, "psi", psi(reference, counts), th.psi),
-        FeatureDrift(feature, "ks", ks_from_counts(reference, counts), th.ks),
+        _psi(feature, reference, counts, n_reference, th),
+        FeatureDrift(feature, "ks", ks_from_counts(reference, counts), max(th.ks, critical)),
     ]
 
 
@@ -156,7 +181,11 @@ def evaluate_window(
     for feature in ("length", "score"):
         if reference.fractions[feature].sum() > 0:
             drift += _numeric(
-                feature, reference.fractions[feature], window.counts[feature], thresholds
+                feature,
+                reference.fractions[feature],
+                window.counts[feature],
+                reference.sample_count,
+                thresholds,
             )
     notes = []
     if not reference.has_text_features:
@@ -169,13 +198,23 @@ def evaluate_window(
     else:
         if reference.fractions["oov_rate"].sum() > 0:
             drift += _numeric(
-                "oov_rate", reference.fractions["oov_rate"], window.counts["oov_rate"], thresholds
+                "oov_rate",
+                reference.fractions["oov_rate"],
+                window.counts["oov_rate"],
+                reference.sample_count,
+                thresholds,
             )
         tokens = window.counts["tokens"]
         if tokens.sum() > 0 and reference.token_fractions.sum() > 0:
+            # A text's tokens are not independent draws: the floor is sized by texts.
+            per_text = tokens * (window.events_with_text / tokens.sum())
             drift.append(
-                FeatureDrift(
-                    "tokens", "psi", psi(reference.token_fractions, tokens), thresholds.psi
+                _psi(
+                    "tokens",
+                    reference.token_fractions,
+                    per_text,
+                    reference.sample_count,
+                    thresholds,
                 )
             )
             drift.append(

@@ -8,6 +8,10 @@
   unbinned samples (`ks_samples`), as the CDFs are compared at fewer points.
 - `js_divergence`: Jensen-Shannon divergence, in [0, 1] with base 2 (in [0, ln 2] with
   base e); for categorical distributions such as token frequencies.
+- `psi_noise_floor`, `ks_critical_value`: what the two statistics reach by sampling
+  alone, for samples of given sizes from one distribution. A fixed threshold (PSI 0.2)
+  is below that floor for small samples (a reference profile of a few dozen holdout
+  rows), where it would call noise drift.
 """
 
 from __future__ import annotations
@@ -89,3 +93,45 @@ def js_divergence(p: ArrayLike, q: ArrayLike, base: float = 2.0) -> float:
 
     divergence = 0.5 * (kl_to_m(pp) + kl_to_m(qq)) / math.log(base)
     return float(min(max(divergence, 0.0), math.log(2) / math.log(base)))
+
+
+def psi_noise_floor(
+    reference: ArrayLike,
+    current: ArrayLike,
+    n_reference: int,
+    confidence: float = 0.99,
+    draws: int = 500,
+    epsilon: float = DEFAULT_EPSILON,
+    seed: int = 0,
+) -> float:
+    """The PSI that two samples of these sizes (`n_reference`, and the `current` counts'
+    total) from one distribution stay under with probability `confidence`: the quantile
+    of PSI over `draws` pairs of samples from the pooled distribution (a parametric
+    bootstrap; chi-square approximations fail for the sparse bins of small samples, where
+    the epsilon smoothing dominates). 0 when not computable. Seeded: the same input gives
+    the same floor."""
+    ref = _distribution(reference, "reference")
+    cur = np.asarray(current, dtype=np.float64).reshape(-1)
+    m = int(cur.sum())
+    if n_reference <= 0 or m <= 0 or ref.size < 2 or not 0 < confidence < 1:
+        return 0.0
+    pooled = ref * n_reference + cur
+    pooled /= pooled.sum()
+    rng = np.random.default_rng(seed)
+    e = rng.multinomial(n_reference, pooled, size=draws).astype(np.float64)
+    a = rng.multinomial(m, pooled, size=draws).astype(np.float64)
+    bins = ref.size
+    e = (e / n_reference + epsilon) / (1 + bins * epsilon)
+    a = (a / m + epsilon) / (1 + bins * epsilon)
+    values = np.sum((a - e) * np.log(a / e), axis=1)
+    return float(np.quantile(values, confidence))
+
+
+def ks_critical_value(n_reference: int, n_current: int, confidence: float = 0.99) -> float:
+    """The two-sample Kolmogorov-Smirnov statistic that samples of these sizes from the
+    same distribution stay under with probability `confidence` (the asymptotic
+    c(alpha) * sqrt((n + m) / (n * m))). 0 when not computable."""
+    if n_reference <= 0 or n_current <= 0 or not 0 < confidence < 1:
+        return 0.0
+    c = math.sqrt(-0.5 * math.log((1 - confidence) / 2))
+    return c * math.sqrt((n_reference + n_current) / (n_reference * n_current))

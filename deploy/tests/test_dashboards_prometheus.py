@@ -1,0 +1,239 @@
+"""Every panel query of every shipped Grafana dashboard, run against a REAL Prometheus
+that scrapes the running platform.
+
+`kloop up` starts the local platform (Redis, MLflow and every service as processes, on
+free ports), `kloop demo` drives the whole loop through it (training, promotion,
+predictions over HTTP and gRPC, shifted traffic -> drift -> retrain -> canary ->
+promote, rollback), one batch scoring job goes through the gateway to the worker, and a
+Prometheus (the Debian `prometheus` binary, `make deploy-tools`) scrapes every
+service's /metrics each second, with the labels the chart's ServiceMonitors give
+(job="kloop-<service>", namespace). Then every query must parse and evaluate, and must
+return data unless it is listed in MAY_BE_EMPTY with the reason.
+
+Run: `make dashboards-prometheus`, or as part of `make test` (scripts/run_tests.py runs
+deploy/tests as one more package; the test is marked slow: `-m slow`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kloop_client.local import free_port
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+DASHBOARDS = sorted((ROOT / "deploy" / "helm" / "kloop" / "files" / "dashboards").glob("*.json"))
+KLOOP = [sys.executable, "-m", "kloop_client.cli"]
+GRPC_SERVICES = ("registry", "training", "inference", "gateway", "drift-monitor")
+NAMESPACE = "kloop-local"
+# Dashboard variables as Grafana would substitute them with "All" selected.
+VARIABLES = {
+    "$__rate_interval": "2m",
+    "$__interval": "15s",
+    "$__range": "30m",
+    "$namespace": ".*",
+    "$service": ".*",
+    "$model": ".*",
+}
+
+# (dashboard file, panel title, refId or "*") -> why that query may legitimately return
+# nothing after the demo. Anything else that returns no series fails the test.
+MAY_BE_EMPTY: dict[tuple[str, str, str], str] = {
+    (
+        "loop.json",
+        "Retrain triggers (drift monitor)",
+        "C",
+    ): "send failures: the series exists only once a retrain request failed; none does",
+    ("gateway.json", "Auth failures/s by reason", "*"): "the demo always sends a valid key",
+    (
+        "gateway.json",
+        "Shadow label agreement with the answering alias",
+        "*",
+    ): "the demo sets no shadow traffic",
+    ("gateway.json", "Shadow score difference p50 / p99", "*"): "the demo sets no shadow traffic",
+    ("gateway.json", "Shadow requests/s by outcome", "*"): "the demo sets no shadow traffic",
+    ("gateway.json", "Feedback/s by result", "*"): "the demo gives no feedback labels",
+}
+
+
+def kloop(
+    env: dict[str, str], *args: str, timeout: float = 900
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*KLOOP, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def _get(url: str, timeout: float = 10) -> Any:
+    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (loopback)
+        return json.load(response)
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    if shutil.which("prometheus") is None:
+        pytest.fail("no prometheus binary: `make test-tools` installs it (Debian package)")
+    home = tmp_path_factory.mktemp("kloop-home")
+    ports = {
+        "REDIS_PORT": free_port(),
+        "MLFLOW_PORT": free_port(),
+        "WORKER_HTTP_PORT": free_port(),
+        **{
+            f"{s.upper().replace('-', '_')}_{kind}_PORT": free_port()
+            for s in GRPC_SERVICES
+            for kind in ("GRPC", "HTTP")
+        },
+    }
+    env = {
+        **os.environ,
+        "KLOOP_LOCAL_HOME": str(home),
+        "COLUMNS": "200",
+        **{f"KLOOP_LOCAL_{name}": str(port) for name, port in ports.items()},
+    }
+    up = kloop(env, "up")
+    assert up.returncode == 0, up.stdout + up.stderr
+    try:
+        yield {"env": env, "home": home, "ports": ports}
+    finally:
+        kloop(env, "down")
+
+
+@pytest.fixture(scope="module")
+def prometheus(platform: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    ports = platform["ports"]
+    targets = {s: ports[f"{s.upper().replace('-', '_')}_HTTP_PORT"] for s in GRPC_SERVICES}
+    targets["worker"] = ports["WORKER_HTTP_PORT"]
+    workdir = tmp_path_factory.mktemp("prometheus")
+    scrape_configs = [
+        {
+            "job_name": f"kloop-{name}",
+            "scrape_interval": "1s",
+            "scrape_timeout": "1s",
+            "static_configs": [
+                {"targets": [f"127.0.0.1:{port}"], "labels": {"namespace": NAMESPACE}}
+            ],
+        }
+        for name, port in targets.items()
+    ]
+    config = workdir / "prometheus.yml"
+    config.write_text(
+        json.dumps({"global": {"scrape_interval": "1s"}, "scrape_configs": scrape_configs})
+    )
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            "prometheus",
+            f"--config.file={config}",
+            f"--storage.tsdb.path={workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warn",
+        ],
+        stdout=(workdir / "prometheus.log").open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                active = _get(f"{url}/api/v1/targets")["data"]["activeTargets"]
+                if len(active) == len(targets) and all(t["health"] == "up" for t in active):
+                    break
+            except OSError:
+                active = []
+            assert time.monotonic() < deadline, f"targets not all up: {active}"
+            time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+def batch_job(platform: dict[str, Any]) -> None:
+    """One batch scoring job through the gateway: the worker's series get data."""
+    token = (platform["home"] / "api-key").read_text().strip()
+    base = f"http://127.0.0.1:{platform['ports']['GATEWAY_HTTP_PORT']}"
+
+    def call(path: str, body: dict[str, Any] | None = None) -> Any:
+        request = urllib.request.Request(  # noqa: S310 (loopback)
+            base + path,
+            data=json.dumps(body).encode() if body is not None else None,
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+            return json.load(response)
+
+    job = call("/v1/jobs", {"model": "sentiment", "texts": ["great", "awful", "fine"] * 10})
+    deadline = time.monotonic() + 120
+    while job["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.5)
+        job = call(f"/v1/jobs/{job['id']}")
+    assert job["status"] == "succeeded", job
+
+
+def panel_queries() -> list[tuple[str, str, str, str]]:
+    """(dashboard, panel title, refId, expr) of every panel query."""
+    found = []
+    for path in DASHBOARDS:
+        board = json.loads(path.read_text())
+        for panel in board["panels"]:
+            for t in panel.get("targets", []):
+                found.append((path.name, panel["title"], t["refId"], t["expr"]))
+    return found
+
+
+def substitute(expr: str) -> str:
+    for name in sorted(VARIABLES, key=len, reverse=True):
+        expr = expr.replace(name, VARIABLES[name])
+    assert not re.search(r"\$\w", expr), f"unsubstituted variable in {expr}"
+    return expr
+
+
+def test_every_dashboard_query_runs_against_real_prometheus(
+    platform: dict[str, Any], prometheus: str
+) -> None:
+    demo = kloop(platform["env"], "demo")
+    assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
+    batch_job(platform)
+    time.sleep(5)  # a few scrapes after the last request
+
+    queries = panel_queries()
+    assert len(queries) > 40
+    failures, empty, with_data = [], [], 0
+    for board, title, ref, expr in queries:
+        url = f"{prometheus}/api/v1/query?" + urllib.parse.urlencode({"query": substitute(expr)})
+        try:
+            answer = _get(url)
+        except urllib.error.HTTPError as e:
+            failures.append(f"{board} / {title} [{ref}]: {e.code} {e.read()[:300]!r}")
+            continue
+        if answer.get("status") != "success":
+            failures.append(f"{board} / {title} [{ref}]: {answer}")
+        elif not answer["data"]["result"]:
+            if (board, title, ref) not in MAY_BE_EMPTY and (board, title, "*") not in MAY_BE_EMPTY:
+                empty.append(f"{board} / {title} [{ref}]: {expr}")
+        else:
+            with_data += 1
+    print(f"{len(queries)} queries, {with_data} with data")
+    assert not failures, "queries Prometheus rejected:\n" + "\n".join(failures)
+    assert not empty, "queries without data (fix them or list them in MAY_BE_EMPTY):\n" + "\n".join(
+        empty
+    )
