@@ -194,6 +194,8 @@ spec:
             {{- end }}
             {{- /* Qdrant server when there is one; else the embedded engine on dataDir. */}}
             {{- if and (has "qdrant" $svc.connects) (include "kloop.qdrant.url" $root) }}
+            - name: KLOOP_{{ $prefix }}_BACKEND
+              value: qdrant
             - name: KLOOP_{{ $prefix }}_QDRANT_URL
               value: {{ include "kloop.qdrant.url" $root | quote }}
             {{- end }}

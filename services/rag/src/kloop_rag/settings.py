@@ -77,7 +77,7 @@ class RagSettings(ServiceSettings):
     prices: dict[str, ModelPrice] = Field(default_factory=lambda: dict(DEFAULT_PRICES))
 
     # --- retrieval and prompt -------------------------------------------------------
-    vectorstore_addr: str = "127.0.0.1:50158"
+    vectorstore_addr: str = "127.0.0.1:50157"
     vectorstore_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
     default_k: int = Field(default=5, ge=1)
     max_k: int = Field(default=20, ge=1, le=200)

@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--vectorstore-addr",
-        default=os.environ.get("KLOOP_RAG_VECTORSTORE_ADDR", "127.0.0.1:50158"),
+        default=os.environ.get("KLOOP_RAG_VECTORSTORE_ADDR", "127.0.0.1:50157"),
     )
     parser.add_argument("--collection", default="kloop-docs-eval")
     parser.add_argument("--k", type=int, default=5)
