@@ -40,7 +40,15 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS = sorted((ROOT / "deploy" / "helm" / "kloop" / "files" / "dashboards").glob("*.json"))
 KLOOP = [sys.executable, "-m", "kloop_client.cli"]
-GRPC_SERVICES = ("registry", "training", "inference", "gateway", "drift-monitor")
+GRPC_SERVICES = (
+    "registry",
+    "training",
+    "inference",
+    "gateway",
+    "drift-monitor",
+    "vectorstore",
+    "rag",
+)
 NAMESPACE = "kloop-local"
 # Dashboard variables as Grafana would substitute them with "All" selected.
 VARIABLES = {

@@ -32,7 +32,15 @@ def kloop(
     )
 
 
-GRPC_SERVICES = ("registry", "training", "inference", "gateway", "drift-monitor")
+GRPC_SERVICES = (
+    "registry",
+    "training",
+    "inference",
+    "gateway",
+    "drift-monitor",
+    "vectorstore",
+    "rag",
+)
 SERVICES = (*GRPC_SERVICES, "worker", "worker-beat")
 PORTS = (
     "REDIS_PORT",
@@ -71,7 +79,8 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
 def test_up_is_ready_and_idempotent(platform: dict[str, str]) -> None:
     status = kloop(platform, "status")
     assert status.returncode == 0, status.stdout + status.stderr
-    for name in ("redis", "mlflow", "registry", "training", "drift-monitor", "worker-beat"):
+    ready = ("redis", "mlflow", "registry", "training", "drift-monitor", "worker", "worker-beat")
+    for name in (*ready, "vectorstore", "rag"):
         assert re.search(rf"{name}\s.*│ ready", status.stdout), status.stdout
     for name in ("inference", "gateway"):  # nothing to serve before the first promotion
         assert re.search(rf"{name}\s.*live, no production model yet", status.stdout)

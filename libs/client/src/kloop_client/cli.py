@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from kloop_client.docs_cli import docs_app
 from kloop_client.import_cli import import_model
 from kloop_client.keys_cli import keys_app
 from kloop_client.local import LocalPlatformError, http_ok, recorded_processes
@@ -27,7 +28,7 @@ from kloop_client.platform import (
     platform_up,
     services,
 )
-from kloop_client.sdk import GatewayClient, KloopClient, KloopError, PipelineAudit
+from kloop_client.sdk import GatewayClient, KloopClient, KloopError, PipelineAudit, RagClient
 
 app = typer.Typer(help="kloop: the production ML loop.", no_args_is_help=True)
 models_app = typer.Typer(help="Registered models and versions.", no_args_is_help=True)
@@ -35,6 +36,7 @@ alias_app = typer.Typer(help="Set or delete an alias (no gate).", no_args_is_hel
 app.add_typer(models_app, name="models")
 app.add_typer(alias_app, name="alias")
 app.add_typer(keys_app, name="keys")
+app.add_typer(docs_app, name="docs")
 models_app.command("import")(import_model)
 console = Console()
 err = Console(stderr=True)
@@ -141,6 +143,8 @@ def _print_endpoints(ep: Endpoints) -> None:
     table.add_row("gateway gRPC", ep.gateway_addr)
     table.add_row("inference OIP HTTP / gRPC", f"{ep.inference_http}/v2  {ep.inference_addr}")
     table.add_row("drift monitor", f"{ep.drift_monitor_http}/v1/status")
+    table.add_row("rag (ask)", f"{ep.rag_http}/docs")
+    table.add_row("vector store gRPC", ep.vectorstore_addr)
     table.add_row("registry /metrics", f"{ep.registry_http}/metrics")
     table.add_row("training /metrics", f"{ep.training_http}/metrics")
     console.print(table)
@@ -182,14 +186,17 @@ def train(
             raise typer.Exit(1)
 
 
+def _api_key() -> str:
+    key_file = api_key_path(_settings().home.resolve())
+    return os.environ.get("KLOOP_API_KEY") or (
+        key_file.read_text().strip() if key_file.exists() else ""
+    )
+
+
 @contextmanager
 def _gateway() -> Iterator[GatewayClient]:
     ep = _endpoints()
-    key_file = api_key_path(_settings().home.resolve())
-    key = os.environ.get("KLOOP_API_KEY") or (
-        key_file.read_text().strip() if key_file.exists() else ""
-    )
-    client = GatewayClient(ep.gateway_http, ep.gateway_addr, key)
+    client = GatewayClient(ep.gateway_http, ep.gateway_addr, _api_key())
     try:
         yield client
     except KloopError as e:
@@ -223,6 +230,36 @@ def predict(
                 f"{body['label']} (score {body['score']:.4f}) by {m['name']} v{m['version']} "
                 f"\\[{m['alias']}]{' (cache hit)' if cached else ''} id {body['id']}"
             )
+
+
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="A question about the ingested documents.")],
+    collection: Annotated[str, typer.Option(help="The document collection.")] = "docs",
+    k: Annotated[int, typer.Option(help="Chunks to retrieve.")] = 5,
+) -> None:
+    """Ask the RAG service; the answer cites the chunks it came from (kloop docs add)."""
+    ep = _endpoints()
+    try:
+        with RagClient(ep.rag_http, _api_key()) as rag:
+            body = rag.ask(question, collection, k)
+    except KloopError as e:
+        err.print(f"[red]error[/] {e.code}: {e.message}")
+        raise typer.Exit(1) from None
+    except httpx.HTTPError as e:
+        err.print(f"[red]error[/] rag service unreachable at {ep.rag_http}: {e}")
+        raise typer.Exit(1) from None
+    console.print(body["answer"])
+    label = (
+        "extractive (no LLM: the best-matching sentences)"
+        if body["mode"] == "extractive"
+        else f"generative ({body['model']})"
+    )
+    console.print(f"[dim]{label}{', from the answer cache' if body.get('cached') else ''}[/]")
+    table = Table("ref", "source", "chunk", "score")
+    for c in body["citations"]:
+        table.add_row(f"[{c['ref']}]", c["source"], str(c["chunk"]), f"{c['score']:.3f}")
+    console.print(table)
 
 
 @models_app.command("list")

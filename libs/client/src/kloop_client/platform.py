@@ -23,6 +23,7 @@ from kloop_client.local import (
     start_redis,
     stop_recorded,
 )
+from kloop_client.sdk import KloopClient
 from kloop_core.api_keys import SCOPES, ApiKeyStore
 from kloop_core.redis import create_redis
 
@@ -46,9 +47,18 @@ class LocalPlatformSettings(BaseSettings):
     drift_monitor_grpc_port: int = 50156
     drift_monitor_http_port: int = 18156
     worker_http_port: int = 18158
+    vectorstore_grpc_port: int = 50157
+    vectorstore_http_port: int = 18157
+    rag_grpc_port: int = 50159
+    rag_http_port: int = 18159
     start_timeout_seconds: float = 120.0
     # The models the inference service serves (its production, canary and challenger).
     models: list[str] = ["sentiment"]
+    # The text embedder `make embedder` exports: imported as model `embedder_model` and
+    # served for the vector store when this directory holds it (relative: to the
+    # directory `kloop up` runs in).
+    embedder_dir: Path = Path("build/embedder")
+    embedder_model: str = "embedder"
     # The loop, sized for one machine's traffic (the services' own defaults are sized
     # for production traffic): drift windows of this many events, a retrain after this
     # many drifted windows in a row, and a canary that answers this share of requests
@@ -113,6 +123,8 @@ class Endpoints:
     gateway_http: str = ""
     drift_monitor_http: str = ""
     worker_metrics: str = ""
+    vectorstore_addr: str = ""
+    rag_http: str = ""
 
     def save(self, home: Path) -> None:
         (home / "platform.json").write_text(json.dumps(asdict(self), indent=2))
@@ -139,6 +151,8 @@ class Endpoints:
             gateway_http=f"http://127.0.0.1:{s.gateway_http_port}",
             drift_monitor_http=f"http://127.0.0.1:{s.drift_monitor_http_port}",
             worker_metrics=f"http://127.0.0.1:{s.worker_http_port}/metrics",
+            vectorstore_addr=f"127.0.0.1:{s.vectorstore_grpc_port}",
+            rag_http=f"http://127.0.0.1:{s.rag_http_port}",
         )
 
 
@@ -177,6 +191,7 @@ def services(s: LocalPlatformSettings, ep: Endpoints) -> list[ServiceSpec]:
                 "REGISTRY_ADDR": ep.registry_addr,
                 "CACHE_DIR": str(s.home.resolve() / "models"),
                 "MODELS": json.dumps({m: ["production", "canary", "challenger"] for m in s.models}),
+                **({"EMBEDDING_MODEL": s.embedder_model} if embedder_built(s) else {}),
             },
             ready_path="/livez",
         ),
@@ -208,7 +223,35 @@ def services(s: LocalPlatformSettings, ep: Endpoints) -> list[ServiceSpec]:
         ),
         ServiceSpec("worker", 0, s.worker_http_port, worker_env, ready_path="/metrics"),
         ServiceSpec("worker-beat", 0, 0, worker_env, program="worker", args=("beat",)),
+        ServiceSpec(
+            "vectorstore",
+            s.vectorstore_grpc_port,
+            s.vectorstore_http_port,
+            {"DATA_DIR": str(home / "vectorstore"), "INFERENCE_ADDR": ep.inference_addr},
+        ),
+        ServiceSpec(
+            "rag",
+            s.rag_grpc_port,
+            s.rag_http_port,
+            # Generative with the user's ANTHROPIC_API_KEY, else extractive answers.
+            {
+                "REDIS_URL": ep.redis_url,
+                "VECTORSTORE_ADDR": ep.vectorstore_addr,
+                **_anthropic_key(),
+            },
+        ),
     ]
+
+
+def embedder_built(s: LocalPlatformSettings) -> bool:
+    return (s.embedder_dir / "model.onnx").is_file() and (
+        s.embedder_dir / "tokenizer.json"
+    ).is_file()
+
+
+def _anthropic_key() -> dict[str, str]:
+    key = os.environ.get("KLOOP_RAG_ANTHROPIC_API_KEY") or os.environ.get("ANTHROPIC_API_KEY")
+    return {"ANTHROPIC_API_KEY": key} if key else {}
 
 
 def platform_up(s: LocalPlatformSettings, log: Callable[[str], None] = print) -> Endpoints:
@@ -251,7 +294,23 @@ def platform_up(s: LocalPlatformSettings, log: Callable[[str], None] = print) ->
         raise LocalPlatformError(str(e)) from e
     ep.save(home)
     ensure_api_key(home, ep)
+    if embedder_built(s):
+        ensure_embedder(s, ep, log)
     return ep
+
+
+def ensure_embedder(s: LocalPlatformSettings, ep: Endpoints, log: Callable[[str], None]) -> None:
+    """Register the exported embedder (once: the registry returns the existing version
+    for the same files) with alias production, which the inference service then loads."""
+    with KloopClient(ep.training_addr, ep.registry_addr) as client:
+        imported = client.import_model(
+            s.embedder_model,
+            s.embedder_dir / "model.onnx",
+            tokenizer_path=s.embedder_dir / "tokenizer.json",
+            alias="production",
+            reason="kloop up: the exported all-MiniLM-L6-v2 embedder",
+        )
+    log(f"embedder: {s.embedder_model} v{imported.version.version} (production)")
 
 
 def api_key_path(home: Path) -> Path:

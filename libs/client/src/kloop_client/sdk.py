@@ -252,14 +252,7 @@ class GatewayClient:
             if resp.status_code != 429 or time.monotonic() + wait > deadline:
                 break
             time.sleep(wait)
-        if resp.status_code != 200:
-            try:
-                error = resp.json()["error"]
-                code, message = error["code"], error["message"]
-            except (ValueError, KeyError, TypeError):
-                code, message = str(resp.status_code), resp.text
-            raise KloopError(f"HTTP {resp.status_code} {code}", message)
-        return resp
+        return _checked(resp)
 
     def predict_http(self, model: str, text: str) -> tuple[dict[str, Any], bool]:
         """The prediction and whether the gateway answered it from its cache."""
@@ -286,6 +279,42 @@ class GatewayClient:
             )
         except grpc.RpcError as e:
             raise KloopError(e.code().name, e.details() or "") from None
+
+
+class RagClient:
+    """The RAG service's HTTP API, with an API key (scope `ask`)."""
+
+    def __init__(self, http_url: str, api_key: str, timeout: float = 120.0) -> None:
+        self._http = httpx.Client(
+            base_url=http_url, timeout=timeout, headers={"Authorization": f"Bearer {api_key}"}
+        )
+
+    def ask(self, question: str, collection: str, k: int = 5) -> dict[str, Any]:
+        """The answer, its mode (generative or extractive) and its citations."""
+        body = {"question": question, "collection": collection, "k": k}
+        answer: dict[str, Any] = _checked(self._http.post("/v1/ask", json=body)).json()
+        return answer
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> RagClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _checked(resp: httpx.Response) -> httpx.Response:
+    """The response if 200, else KloopError with the error contract's code and message."""
+    if resp.status_code != 200:
+        try:
+            error = resp.json()["error"]
+            code, message = error["code"], error["message"]
+        except (ValueError, KeyError, TypeError):
+            code, message = str(resp.status_code), resp.text
+        raise KloopError(f"HTTP {resp.status_code} {code}", message)
+    return resp
 
 
 def _retry_after(resp: httpx.Response) -> float:
