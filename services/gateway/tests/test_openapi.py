@@ -5,7 +5,9 @@ the document says, and schema-violating input must be refused."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
+import grpc
 import pytest
 import redis
 import schemathesis
@@ -13,10 +15,12 @@ from hypothesis import HealthCheck, settings
 from schemathesis import Case
 from schemathesis.checks import allow_header_conformance, positive_data_acceptance
 
+from kloop.vectorstore.v1 import vectorstore_pb2_grpc
 from kloop_core.api_keys import ApiKeyStore
 from kloop_gateway.app import create_app
 from kloop_gateway.settings import GatewaySettings
 
+from .api.routes.test_documents import Collections
 from .conftest import GatewayThread, InferenceThread, gateway_settings, redis_db
 
 FUZZ_DB = 4  # its own database: fuzzed traffic policies must not reach other tests
@@ -26,9 +30,17 @@ FUZZ_DB = 4  # its own database: fuzzed traffic policies must not reach other te
 def fuzz_gateway(redis_url: str, inference: InferenceThread) -> Iterator[GatewayThread]:
     url = redis_db(redis_url, FUZZ_DB)
     redis.Redis.from_url(url).flushdb()
-    running = GatewayThread(gateway_settings(url, inference.addr))
-    yield running
-    running.close()
+    # /v1/documents checks collections with the vector store: a stand-in answers.
+    server = grpc.server(ThreadPoolExecutor(2))
+    vectorstore_pb2_grpc.add_VectorStoreServiceServicer_to_server(Collections(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("KLOOP_GATEWAY_DOCUMENTS_VECTORSTORE_ADDR", f"127.0.0.1:{port}")
+        running = GatewayThread(gateway_settings(url, inference.addr))
+        yield running
+        running.close()
+    server.stop(0)
 
 
 @pytest.fixture(scope="module")

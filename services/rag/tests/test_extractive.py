@@ -24,3 +24,11 @@ def test_no_overlap_says_it_does_not_know() -> None:
 
 def test_sentences_split_on_ends_and_markdown_lines() -> None:
     assert sentences("One. Two!\n\n- three\n- four") == ["One.", "Two!", "- three", "- four"]
+
+
+def test_words_match_by_stem_and_headings_are_not_answers() -> None:
+    chunks = [
+        Chunk("a", "# How kloop promotes models\n\nThe gate promotes a candidate that wins.", 1.0)
+    ]
+    picked = best_sentences("How is a retrained model promoted?", chunks, limit=3)
+    assert [e.text for e in picked] == ["The gate promotes a candidate that wins."]

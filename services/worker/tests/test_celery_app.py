@@ -64,7 +64,11 @@ def test_beat_schedule() -> None:
     assert retrain["schedule"] == crontab("0", "3", "0", "*", "*")
     assert schedule["drift-report-other"]["args"] == ("other",)
     assert schedule["drift-report-other"]["schedule"] == crontab("30", "1")
-    assert set(beat_schedule(settings(drift_report_cron=""))) == {"sweep"}
+    assert schedule["sweep-documents"] == {
+        "task": "kloop.maintenance.sweep_documents",
+        "schedule": 10,
+    }
+    assert set(beat_schedule(settings(drift_report_cron=""))) == {"sweep", "sweep-documents"}
 
 
 def test_cron_expressions_are_validated() -> None:

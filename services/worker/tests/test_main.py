@@ -88,7 +88,7 @@ def test_beat_sends_the_schedules(workers: Workers, r: redis.Redis) -> None:
     """`kloop-worker beat` puts the periodic sweep on the maintenance queue (no worker
     consumes it here, so the messages stay to be counted)."""
     beat = workers.start_beat(sweep_interval_seconds=0.5)
-    wait_until(lambda: r.llen("maintenance") >= 2, timeout=30)
+    wait_until(lambda: r.llen("maintenance") >= 4, timeout=30)
     beat.stop()
-    message = json.loads(r.lindex("maintenance", 0) or "{}")
-    assert message["headers"]["task"] == "kloop.maintenance.sweep"
+    tasks = {json.loads(m)["headers"]["task"] for m in r.lrange("maintenance", 0, -1)}
+    assert tasks == {"kloop.maintenance.sweep", "kloop.maintenance.sweep_documents"}

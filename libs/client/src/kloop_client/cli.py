@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 from collections.abc import Callable, Iterator
@@ -23,7 +22,8 @@ from kloop_client.local import LocalPlatformError, http_ok, recorded_processes
 from kloop_client.platform import (
     Endpoints,
     LocalPlatformSettings,
-    api_key_path,
+    current_endpoints,
+    local_api_key,
     platform_down,
     platform_up,
     services,
@@ -49,8 +49,7 @@ def _settings() -> LocalPlatformSettings:
 
 
 def _endpoints() -> Endpoints:
-    s = _settings()
-    return Endpoints.load(s.home.resolve()) or Endpoints.from_settings(s)
+    return current_endpoints(_settings())
 
 
 @contextmanager
@@ -187,10 +186,7 @@ def train(
 
 
 def _api_key() -> str:
-    key_file = api_key_path(_settings().home.resolve())
-    return os.environ.get("KLOOP_API_KEY") or (
-        key_file.read_text().strip() if key_file.exists() else ""
-    )
+    return local_api_key(_settings())
 
 
 @contextmanager

@@ -18,7 +18,14 @@ from rich.table import Table
 from kloop.registry.v1 import registry_pb2 as reg
 from kloop.training.v1 import training_pb2 as tr
 from kloop_client.platform import Endpoints
-from kloop_client.sdk import GatewayClient, KloopClient, KloopError, PipelineAudit
+from kloop_client.sdk import (
+    DOCUMENT_UNFINISHED,
+    GatewayClient,
+    KloopClient,
+    KloopError,
+    PipelineAudit,
+    RagClient,
+)
 from kloop_model.dataset import builtin_dataset, shifted_dataset
 
 STAGE_STYLE = {tr.RUN_STATE_SUCCEEDED: "green", tr.RUN_STATE_FAILED: "red"}
@@ -129,6 +136,7 @@ class LiveTraffic:
 
 
 BATCH = 25
+DOCS_COLLECTION = "docs"  # kloop up creates it with the embedder
 # Restaurant reviews [0, HELD_OUT) are the shifted traffic with feedback; the rest are
 # kept from every training set.
 HELD_OUT = 100
@@ -301,6 +309,8 @@ class Demo:
             f"{' → '.join('v' + v for v in traffic.versions_in_order)}"
         )
 
+        self.ask_about_kloop()
+
         out.rule("summary")
         self.summary(model)
         out.print(
@@ -428,6 +438,64 @@ class Demo:
             )
         else:
             out.print(f"  [green]no drift[/]: v{version}'s reference matches the new traffic")
+
+    def ask_about_kloop(self) -> None:
+        """RAG on the same platform: the project's own docs in, a cited answer out."""
+        out = self.out
+        out.rule("8. RAG: kloop's own documentation, a question, an answer with citations")
+        files = [p for p in (Path("README.md"), Path("deploy/README.md")) if p.is_file()]
+        files += sorted(Path().glob("services/*/README.md")) + sorted(
+            Path().glob("libs/*/README.md")
+        )
+        if not self.ep.rag_http or not files:
+            out.print(
+                "  skipped: run the demo from the repository (its README files are the corpus)"
+            )
+            return
+        documents = [
+            {"id": p.as_posix(), "source": p.as_posix(), "text": p.read_text(encoding="utf-8")}
+            for p in files
+        ]
+        started = time.monotonic()
+        try:
+            accepted = self.gw.add_documents(DOCS_COLLECTION, documents)
+        except KloopError as e:
+            if "404" in e.code:
+                out.print(
+                    f"  skipped: no {DOCS_COLLECTION!r} collection ({e.message}); "
+                    "`make embedder` builds the embedder `kloop up` serves it with"
+                )
+                return
+            raise
+        chunks = 0
+        for doc in accepted:
+            status = self.wait_for_document(doc["status_url"])
+            if status["status"] != "succeeded":
+                raise KloopError("FAILED", f"{doc['id']}: {status.get('error')}")
+            chunks += int(status.get("chunks") or 0)
+        out.print(
+            f"  ingested {len(documents)} documents ({chunks} chunks, embedded by the "
+            f"served all-MiniLM-L6-v2) in {time.monotonic() - started:.1f} s"
+        )
+        question = "How does kloop decide whether a retrained model is promoted?"
+        with RagClient(self.ep.rag_http, self.gw.api_key) as rag:
+            answer = rag.ask(question, DOCS_COLLECTION, k=5)
+        out.print(f"  [bold]Q:[/] {question}")
+        out.print(f"  [bold]A[/] ({answer['mode']}): {answer['answer']}")
+        for c in answer["citations"]:
+            out.print(
+                f"    [{c['ref']}] {c['source']} (chunk {c['chunk']}, score {c['score']:.3f})"
+            )
+
+    def wait_for_document(self, status_url: str, timeout: float = 120) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while (status := self.gw.document_status(status_url))["status"] in DOCUMENT_UNFINISHED:
+            if time.monotonic() > deadline:
+                raise KloopError(
+                    "DEADLINE_EXCEEDED", f"not ingested after {timeout:.0f} s: {status}"
+                )
+            time.sleep(0.2)
+        return status
 
     def serve(self, model: str) -> None:
         out = self.out

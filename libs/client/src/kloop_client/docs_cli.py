@@ -9,7 +9,6 @@ the worker chunks and stores them in the background. Mount with
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,7 +22,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from kloop_client.platform import Endpoints, LocalPlatformSettings, api_key_path
+from kloop_client.platform import LocalPlatformSettings, current_endpoints, local_api_key
+from kloop_client.sdk import DOCUMENT_UNFINISHED
 
 docs_app = typer.Typer(help="Documents for RAG (kloop ask).", no_args_is_help=True)
 console = Console()
@@ -34,7 +34,6 @@ SUFFIXES = (".md", ".markdown", ".txt")
 MAX_DOCUMENTS = 100
 MAX_DOCUMENT_BYTES = 1024 * 1024
 MAX_BODY_BYTES = 1536 * 1024
-UNFINISHED = ("queued", "running", "deleting")
 
 CollectionOption = Annotated[str, typer.Option(help="The document collection.")]
 
@@ -107,24 +106,14 @@ def batches(documents: list[LocalDocument]) -> Iterator[list[LocalDocument]]:
         yield batch
 
 
-def _api_key() -> str:
-    key_file = api_key_path(LocalPlatformSettings().home.resolve())
-    return os.environ.get("KLOOP_API_KEY") or (
-        key_file.read_text().strip() if key_file.exists() else ""
-    )
-
-
-def _gateway_url() -> str:
-    settings = LocalPlatformSettings()
-    endpoints = Endpoints.load(settings.home.resolve()) or Endpoints.from_settings(settings)
-    return endpoints.gateway_http
-
-
 @contextmanager
 def _gateway() -> Iterator[httpx.Client]:
-    url = _gateway_url()
+    settings = LocalPlatformSettings()
+    url = current_endpoints(settings).gateway_http
     client = httpx.Client(
-        base_url=url, headers={"Authorization": f"Bearer {_api_key()}"}, timeout=30.0
+        base_url=url,
+        headers={"Authorization": f"Bearer {local_api_key(settings)}"},
+        timeout=30.0,
     )
     try:
         yield client
@@ -140,7 +129,8 @@ def _checked(response: httpx.Response) -> dict[str, Any]:
     except ValueError:
         body = {}
     if response.status_code >= 400:
-        error = body.get("error") if isinstance(body.get("error"), dict) else {}
+        found = body.get("error")
+        error: dict[str, Any] = found if isinstance(found, dict) else {}
         message = error.get("message") or response.text[:300]
         raise _fail(f"{response.status_code} {error.get('code', '')}: {message}".strip())
     return body
@@ -190,7 +180,7 @@ def add(
         while pending:
             for doc_id, url in list(pending.items()):
                 record = _checked(gw.get(url))
-                if record["status"] not in UNFINISHED:
+                if record["status"] not in DOCUMENT_UNFINISHED:
                     records[doc_id] = record
                     del pending[doc_id]
             if pending:

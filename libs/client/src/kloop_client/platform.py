@@ -11,8 +11,11 @@ from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 
+import grpc
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from kloop.vectorstore.v1 import vectorstore_pb2 as vs
+from kloop.vectorstore.v1 import vectorstore_pb2_grpc as vs_grpc
 from kloop_client.local import (
     LocalPlatformError,
     ManagedProcess,
@@ -59,6 +62,10 @@ class LocalPlatformSettings(BaseSettings):
     # directory `kloop up` runs in).
     embedder_dir: Path = Path("build/embedder")
     embedder_model: str = "embedder"
+    # The document collection `kloop docs add` and `kloop ask` use by default, created
+    # with the embedder (all-MiniLM-L6-v2: 384 dimensions, cosine).
+    docs_collection: str = "docs"
+    embedder_dimension: int = 384
     # The loop, sized for one machine's traffic (the services' own defaults are sized
     # for production traffic): drift windows of this many events, a retrain after this
     # many drifted windows in a row, and a canary that answers this share of requests
@@ -174,6 +181,7 @@ def services(s: LocalPlatformSettings, ep: Endpoints) -> list[ServiceSpec]:
         # Every service shares this machine's cores: the p95 of a few dozen requests
         # swings by milliseconds, so latency fails a canary only if far off.
         "LATENCY_SLACK_SECONDS": "0.05",
+        "VECTORSTORE_ADDR": ep.vectorstore_addr,
     }
     return [
         ServiceSpec("registry", s.registry_grpc_port, s.registry_http_port, dict(common)),
@@ -206,6 +214,7 @@ def services(s: LocalPlatformSettings, ep: Endpoints) -> list[ServiceSpec]:
                 "INFERENCE_ADDR": ep.inference_addr,
                 "EVENT_INCLUDE_TEXT": "true",
                 "CANARY_PERCENT": str(s.canary_percent),
+                "DOCUMENTS_VECTORSTORE_ADDR": ep.vectorstore_addr,
             },
             ready_path="/livez",
         ),
@@ -311,10 +320,41 @@ def ensure_embedder(s: LocalPlatformSettings, ep: Endpoints, log: Callable[[str]
             reason="kloop up: the exported all-MiniLM-L6-v2 embedder",
         )
     log(f"embedder: {s.embedder_model} v{imported.version.version} (production)")
+    with grpc.insecure_channel(ep.vectorstore_addr) as channel:
+        store = vs_grpc.VectorStoreServiceStub(channel)
+        try:
+            store.CreateCollection(
+                vs.CreateCollectionRequest(
+                    name=s.docs_collection,
+                    vector_size=s.embedder_dimension,
+                    distance=vs.COSINE,
+                    embedding_model=s.embedder_model,
+                ),
+                timeout=30,
+            )
+            log(f"collection {s.docs_collection!r} created (embedded by {s.embedder_model})")
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.ALREADY_EXISTS:
+                raise LocalPlatformError(
+                    f"creating collection {s.docs_collection!r}: {e.details()}"
+                ) from e
 
 
 def api_key_path(home: Path) -> Path:
     return home / "api-key"
+
+
+def local_api_key(s: LocalPlatformSettings) -> str:
+    """KLOOP_API_KEY, else the local platform's own key ("" when there is none)."""
+    key_file = api_key_path(s.home.resolve())
+    return os.environ.get("KLOOP_API_KEY") or (
+        key_file.read_text().strip() if key_file.exists() else ""
+    )
+
+
+def current_endpoints(s: LocalPlatformSettings) -> Endpoints:
+    """Where the running platform is (its platform.json), else where it would be."""
+    return Endpoints.load(s.home.resolve()) or Endpoints.from_settings(s)
 
 
 def ensure_api_key(home: Path, ep: Endpoints) -> str:

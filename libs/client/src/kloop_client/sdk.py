@@ -220,12 +220,16 @@ class KloopClient:
         return response
 
 
+# Ingestion states that are not final (the worker's, kloop_worker.documents).
+DOCUMENT_UNFINISHED = ("queued", "running", "deleting")
+
+
 class GatewayClient:
     """The gateway's public API: HTTP (JSON) or gRPC, with an API key."""
 
     def __init__(self, http_url: str, grpc_addr: str, api_key: str, timeout: float = 10.0):
         self.timeout = timeout
-        self._key = api_key
+        self.api_key = api_key
         self._http = httpx.Client(
             base_url=http_url, timeout=timeout, headers={"Authorization": f"Bearer {api_key}"}
         )
@@ -264,6 +268,18 @@ class GatewayClient:
         predictions: list[dict[str, Any]] = resp.json()["predictions"]
         return predictions
 
+    def add_documents(
+        self, collection: str, documents: Sequence[Mapping[str, str]]
+    ) -> list[dict[str, str]]:
+        """Queue documents ({id, source, text}) for ingestion; their ids and status URLs."""
+        body = {"collection": collection, "documents": list(documents)}
+        accepted: list[dict[str, str]] = self._post("/v1/documents", body).json()["documents"]
+        return accepted
+
+    def document_status(self, status_url: str) -> dict[str, Any]:
+        status: dict[str, Any] = _checked(self._http.get(status_url)).json()
+        return status
+
     def feedback(self, prediction_id: str, label: str) -> str:
         """Record the true label of a prediction; "recorded" or "duplicate"."""
         body = {"prediction_id": prediction_id, "label": label}
@@ -275,7 +291,7 @@ class GatewayClient:
             return self._stub.Predict(
                 gw.PredictRequest(model=model, text=text),
                 timeout=self.timeout,
-                metadata=(("authorization", f"Bearer {self._key}"),),
+                metadata=(("authorization", f"Bearer {self.api_key}"),),
             )
         except grpc.RpcError as e:
             raise KloopError(e.code().name, e.details() or "") from None
@@ -306,8 +322,8 @@ class RagClient:
 
 
 def _checked(resp: httpx.Response) -> httpx.Response:
-    """The response if 200, else KloopError with the error contract's code and message."""
-    if resp.status_code != 200:
+    """The response if 2xx, else KloopError with the error contract's code and message."""
+    if not resp.is_success:
         try:
             error = resp.json()["error"]
             code, message = error["code"], error["message"]

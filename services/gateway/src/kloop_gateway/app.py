@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from kloop_core.errors import PayloadTooLarge, Unprocessable
 from kloop_core.grpc_server import start_service
 from kloop_core.http_app import create_http_app, kloop_error_response
-from kloop_gateway.api.routes import feedback, jobs, predictions, traffic
+from kloop_gateway.api.routes import documents, feedback, jobs, predictions, traffic
 from kloop_gateway.grpc_api import grpc_app
 from kloop_gateway.service import Gateway
 from kloop_gateway.settings import GatewaySettings
@@ -103,6 +103,7 @@ def create_app(settings: GatewaySettings, *, serve_grpc: bool = True) -> FastAPI
                 # In a thread: draining gRPC calls still need this loop to finish.
                 await asyncio.to_thread(running.stop)
             await jobs.close_jobs(app)
+            await documents.close_documents(app)
             await gateway.close()
 
     app = create_http_app(service="gateway", readiness=ready, title="kloop gateway")
@@ -111,6 +112,6 @@ def create_app(settings: GatewaySettings, *, serve_grpc: bool = True) -> FastAPI
     # id and is counted in the RED metrics.
     app.user_middleware.append(Middleware(BodySizeLimit, max_bytes=settings.max_body_bytes))
     _malformed_body_is_422(app)
-    for module in (predictions, feedback, traffic, jobs):
+    for module in (predictions, feedback, traffic, jobs, documents):
         app.include_router(module.router)
     return app

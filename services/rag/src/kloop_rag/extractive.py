@@ -7,6 +7,8 @@ import math
 import re
 from dataclasses import dataclass
 
+import snowballstemmer
+
 from kloop_rag.chunks import Chunk
 
 NO_ANSWER = "I don't know: none of the retrieved documents matches the question."
@@ -25,8 +27,14 @@ def words(text: str) -> list[str]:
     return [w.casefold() for w in _WORD.findall(text)]
 
 
+_STEMMER = snowballstemmer.stemmer("english")
+
+
 def content_words(text: str) -> set[str]:
-    return {w for w in words(text) if w not in _STOPWORDS and len(w) > 1}
+    """The text's words that carry meaning, stemmed (a question's "promoted" matches a
+    document's "promotes")."""
+    kept = [w for w in words(text) if w not in _STOPWORDS and len(w) > 1]
+    return set(_STEMMER.stemWords(kept))
 
 
 def sentences(text: str) -> list[str]:
@@ -50,7 +58,9 @@ def best_sentences(question: str, chunks: list[Chunk], limit: int) -> list[Extra
     candidates: list[tuple[int, int, str, set[str]]] = []
     for ref, chunk in enumerate(chunks, start=1):
         for position, sentence in enumerate(sentences(chunk.text)):
-            candidates.append((ref, position, sentence, content_words(sentence)))
+            # A heading names a topic; it answers nothing.
+            if not sentence.startswith("#"):
+                candidates.append((ref, position, sentence, content_words(sentence)))
     total = len(candidates)
     weight = {w: math.log(1 + total / (1 + sum(1 for c in candidates if w in c[3]))) for w in query}
     scored: list[tuple[float, int, int, str]] = []

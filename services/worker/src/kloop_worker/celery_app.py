@@ -10,7 +10,9 @@ Tasks (all JSON):
 | kloop.retrain.step      | training    | pipeline_id, seq          | the pipeline itself     |
 | kloop.drift_report      | maintenance | model                     | beat (nightly)          |
 | kloop.maintenance.sweep | maintenance | -                         | beat                    |
-| kloop.ingest*           | ingestion   | (routed; no task here yet)|                         |
+| kloop.ingest_document   | ingestion   | collection, doc id, req   | gateway (POST /v1/docs) |
+| kloop.ingest_delete     | ingestion   | collection, doc id, req   | gateway (DELETE)        |
+| kloop.maintenance.sweep_documents | maintenance | -               | beat                    |
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ RETRAIN = "kloop.retrain"
 RETRAIN_STEP = "kloop.retrain.step"
 DRIFT_REPORT = "kloop.drift_report"
 SWEEP = "kloop.maintenance.sweep"
+INGEST_DOCUMENT = "kloop.ingest_document"
+INGEST_DELETE = "kloop.ingest_delete"
+SWEEP_DOCUMENTS = "kloop.maintenance.sweep_documents"
 
 # Glob patterns on task names (Celery matches them in order).
 ROUTES: dict[str, dict[str, str]] = {
@@ -127,6 +132,7 @@ def celery_config(settings: WorkerSettings) -> dict[str, Any]:
 def beat_schedule(settings: WorkerSettings) -> dict[str, dict[str, Any]]:
     schedule: dict[str, dict[str, Any]] = {
         "sweep": {"task": SWEEP, "schedule": settings.sweep_interval_seconds},
+        "sweep-documents": {"task": SWEEP_DOCUMENTS, "schedule": settings.sweep_interval_seconds},
     }
     for model, cron in sorted(settings.retrain_crons.items()):
         schedule[f"retrain-{model}"] = {
@@ -150,7 +156,11 @@ _settings: weakref.WeakKeyDictionary[Celery, WorkerSettings] = weakref.WeakKeyDi
 def create_celery(settings: WorkerSettings) -> Celery:
     # The worker imports the tasks at start-up ("include"); producers and the health
     # probe never need them (nor the clients and NumPy they pull in).
-    app = Celery("kloop-worker", set_as_current=False, include=["kloop_worker.tasks"])
+    app = Celery(
+        "kloop-worker",
+        set_as_current=False,
+        include=["kloop_worker.tasks", "kloop_worker.ingest_tasks"],
+    )
     app.conf.update(celery_config(settings))
     _settings[app] = settings
     return app

@@ -38,3 +38,13 @@ PIPELINES_FINISHED = Counter(
     "Retraining pipelines finished, by final state.",
     ["state"],
 )
+DOCUMENTS = Counter(
+    "kloop_worker_documents_total",
+    "Document ingestion requests finished, by action (ingest, delete) and outcome "
+    "(succeeded, unchanged, failed, superseded).",
+    ["action", "outcome"],
+)
+DOCUMENT_CHUNKS = Counter(
+    "kloop_worker_document_chunks_total",
+    "Chunks written to the vector store by ingestion.",
+)

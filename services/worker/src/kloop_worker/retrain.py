@@ -138,7 +138,8 @@ def gate_numbers(decision: Any) -> dict[str, Any]:
 
 
 def thresholds(settings: WorkerSettings, trigger: str = "") -> canary.Thresholds:
-    max_score_ks = settings.max_score_ks_after_drift if trigger == "drift" else settings.max_score_ks
+    after_drift = trigger == "drift"
+    max_score_ks = settings.max_score_ks_after_drift if after_drift else settings.max_score_ks
     return canary.Thresholds(
         min_events=settings.canary_min_events,
         max_error_rate_increase=settings.max_error_rate_increase,

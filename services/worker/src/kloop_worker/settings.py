@@ -88,6 +88,32 @@ class WorkerSettings(ServiceSettings):
     # without persistence, a gateway that died between saving a job and sending it).
     stall_seconds: float = Field(default=300.0, gt=0)
 
+    # --- document ingestion (RAG) -----------------------------------------------------
+    vectorstore_addr: str = "127.0.0.1:50157"
+    # Deadline of one vector store call (an upsert embeds its batch through inference).
+    vectorstore_timeout_seconds: float = Field(default=60.0, gt=0)
+    # Chunks: at most ingest_chunk_size units (characters, or tokens of ~4 characters),
+    # each repeating the last ingest_chunk_overlap units of the previous one.
+    ingest_chunk_size: int = Field(default=1200, ge=16, le=1_000_000)
+    ingest_chunk_overlap: int = Field(default=150, ge=0)
+    ingest_chunk_unit: Literal["chars", "tokens"] = "chars"
+    # Chunks per Upsert call.
+    ingest_batch_size: int = Field(default=64, ge=1, le=1000)
+    ingest_max_document_bytes: int = Field(default=10 * MiB, ge=1)
+    # Documents given by path/URI must resolve under one of these; empty: none allowed.
+    ingest_roots: list[Path] = []
+    # Retries of a document while the vector store is unavailable, before it fails.
+    ingest_retries: int = Field(default=10, ge=0, le=100)
+    # The per-document lock (refreshed between batches) expires this long after its
+    # holder died.
+    ingest_lock_seconds: float = Field(default=30.0, ge=1)
+    # How long the record of a deleted document stays readable.
+    ingest_deleted_ttl_seconds: int = Field(default=7 * DAY_SECONDS, ge=60)
+    # The RAG answer cache (kloop_rag.cache layout) whose entries of a changed or
+    # deleted document are dropped; default: redis_url.
+    rag_cache_redis_url: SecretStr | None = None
+    rag_cache_namespace: str = Field(default="kloop:rag", min_length=1)
+
     # --- retraining pipeline ----------------------------------------------------------
     actor: str = Field(default="kloop-worker", min_length=1)
     # Training data: these shipped datasets ("builtin", "shifted") or CSV/JSONL files,
@@ -177,6 +203,8 @@ class WorkerSettings(ServiceSettings):
         for name in ("retry_backoff_max_seconds", "training_poll_seconds", "canary_poll_seconds"):
             if getattr(self, name) > limit:
                 raise ValueError(f"{name} must be at most visibility_timeout_seconds / 2")
+        if self.ingest_chunk_overlap >= self.ingest_chunk_size:
+            raise ValueError("ingest_chunk_overlap must be less than ingest_chunk_size")
         if self.retry_backoff_seconds > self.retry_backoff_max_seconds:
             raise ValueError("retry_backoff_seconds must not exceed retry_backoff_max_seconds")
         return self
