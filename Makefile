@@ -75,7 +75,7 @@ status: ## Show the local platform's processes and endpoints
 	$(RUN) kloop status
 
 .PHONY: demo
-demo: install ## Bring a fresh platform up (wipes ./.kloop) and run the loop end to end
+demo: install embedder ## Bring a fresh platform up (wipes ./.kloop) and run the loop end to end
 	$(RUN) kloop up --fresh
 	$(RUN) kloop demo
 

@@ -848,6 +848,16 @@ def worker() -> dict[str, Any]:
     )
     g.row("Workers")
     g.add(
+        timeseries(
+            "Queue depth by queue",
+            "none",
+            # Every worker reads the same Redis lists: max, not sum, over replicas.
+            target(f"max by (queue) (kloop_worker_queue_length{{{NS}}})", "{{queue}}"),
+            desc="Messages waiting in each queue, not yet taken by a worker (KEDA scales on these).",
+        ),
+        w=18,
+    )
+    g.add(
         stat(
             "Worker processes",
             "none",

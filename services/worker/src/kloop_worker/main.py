@@ -20,7 +20,7 @@ from typing import Any
 
 from celery import Celery
 from celery.signals import setup_logging
-from prometheus_client import start_http_server
+from prometheus_client import REGISTRY, start_http_server
 
 from kloop_core.logging import configure_logging, get_logger
 from kloop_core.metrics import set_build_info
@@ -28,6 +28,7 @@ from kloop_core.redis import create_redis
 from kloop_core.settings import load_settings, redacted_dict
 from kloop_core.tracing import configure_tracing
 from kloop_worker.celery_app import create_celery
+from kloop_worker.metrics import QueueLengthCollector
 from kloop_worker.pipelines import PipelineStore
 from kloop_worker.settings import WorkerSettings
 
@@ -134,6 +135,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         app.start(["beat", f"--loglevel={settings.log_level}", *args])
         return
     set_build_info("worker")
+    queues = create_redis(settings.broker)
+    REGISTRY.register(QueueLengthCollector(settings.queues, lambda q: int(queues.llen(q))))
     start_http_server(settings.http_port, addr=settings.http_host)
     app.worker_main(worker_argv(settings, args))
 

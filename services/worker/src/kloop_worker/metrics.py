@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
+
 from prometheus_client import Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from kloop_core.metrics import LATENCY_BUCKETS
 
@@ -48,3 +52,26 @@ DOCUMENT_CHUNKS = Counter(
     "kloop_worker_document_chunks_total",
     "Chunks written to the vector store by ingestion.",
 )
+
+
+class QueueLengthCollector(Collector):
+    """`kloop_worker_queue_length{queue}`: messages waiting in each queue's Redis list,
+    read at scrape time (one LLEN per queue; a scrape while Redis is down reports none
+    rather than failing the scrape)."""
+
+    def __init__(self, queues: Sequence[str], length: Callable[[str], int]) -> None:
+        self._queues = tuple(queues)
+        self._length = length
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "kloop_worker_queue_length",
+            "Messages waiting in the queue (its Redis list), not yet taken by a worker.",
+            labels=["queue"],
+        )
+        for queue in self._queues:
+            try:
+                family.add_metric([queue], self._length(queue))
+            except Exception:  # noqa: S112 - Redis down: no sample, the scrape still works
+                continue
+        yield family
