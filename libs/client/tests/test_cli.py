@@ -16,6 +16,7 @@ from kloop_client.local import free_port, pid_alive, port_open, recorded_process
 pytestmark = pytest.mark.slow
 
 KLOOP = [sys.executable, "-m", "kloop_client.cli"]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def kloop(
@@ -27,7 +28,8 @@ def kloop(
         capture_output=True,
         text=True,
         timeout=timeout,
-        # Wide enough that rich does not wrap the lines the assertions read.
+        # The repository, as for `make demo`: build/embedder and the READMEs are there.
+        cwd=ROOT,
         check=False,
     )
 
@@ -66,6 +68,12 @@ def platform_env(home: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    # The embedder, as `make demo` builds it (a no-op when built): `kloop up` then
+    # serves it and the demo's RAG step runs.
+    built = subprocess.run(
+        ["make", "-s", "embedder"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert built.returncode == 0, built.stdout + built.stderr
     home = tmp_path_factory.mktemp("kloop-home")
     env = platform_env(home)
     up = kloop(env, "up")
@@ -113,10 +121,22 @@ def test_demo_runs_the_loop_end_to_end(platform: dict[str, str]) -> None:
     assert re.search(r"roll forward: production v1 → v3", out), out
     # The alias moved twice under live traffic and no request failed.
     assert re.search(r"\d+ requests, 0 failed; versions answering, in order: v3 → v1 → v3", out)
+    # RAG on the same platform: the repository's READMEs ingested through the worker,
+    # embedded by the served embedder, a question answered (extractively: no API key
+    # here) with citations of retrieved chunks.
+    assert re.search(r"ingested \d+ documents \(\d+ chunks", out), out
+    assert re.search(r"A \((extractive|generative)\): .+? \[\d\]", out, re.DOTALL), out
+    assert re.search(r"\[\d\] \S+README\.md \(chunk \d+, score", out), out
     assert "audit trail" in out and "retraining pipelines of sentiment" in out, out
     assert re.search(r"drift detected \d+ events after the shift began; loop wall time", out)
 
     check_predict_over_http_and_grpc_with_the_local_key(platform)
+
+    asked = kloop(platform, "ask", "What does the drift monitor compute?")
+    assert asked.returncode == 0, asked.stdout + asked.stderr
+    assert "extractive" in asked.stdout and "README.md" in asked.stdout, asked.stdout
+    unknown = kloop(platform, "ask", "anything?", "--collection", "nope")
+    assert unknown.returncode == 1 and "404" in unknown.stderr, unknown.stderr
 
     again = kloop(platform, "demo")
     assert again.returncode == 1 and "ALREADY_EXISTS" in again.stderr, again.stderr

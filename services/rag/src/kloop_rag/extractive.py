@@ -50,8 +50,8 @@ class Extract:
 
 def best_sentences(question: str, chunks: list[Chunk], limit: int) -> list[Extract]:
     """Up to `limit` sentences with at least one question word, best first: score =
-    question words covered (each weighted by how rare it is across the chunks' sentences)
-    / sqrt(sentence length), ties broken by retrieval rank then position."""
+    (question words covered, each weighted by how rare it is across the chunks'
+    sentences)^2 / sqrt(sentence length), ties broken by retrieval rank then position."""
     query = content_words(question)
     if not query:
         return []
@@ -68,7 +68,10 @@ def best_sentences(question: str, chunks: list[Chunk], limit: int) -> list[Extra
         overlap = query & found
         if not overlap:
             continue
-        score = sum(weight[w] for w in overlap) / math.sqrt(max(1, len(words(sentence))))
+        # Squared coverage: one common word in a short sentence ("Is the model still
+        # right?") must not beat several of the question's words in a longer one.
+        coverage = sum(weight[w] for w in overlap)
+        score = coverage * coverage / math.sqrt(max(1, len(words(sentence))))
         scored.append((score, ref, position, sentence))
     scored.sort(key=lambda s: (-s[0], s[1], s[2]))
     return [Extract(sentence, ref, score) for score, ref, _, sentence in scored[:limit]]
