@@ -183,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=None, help="repository root (docs)")
     parser.add_argument("--no-ingest", action="store_true", help="use the collection as is")
     parser.add_argument(
-        "--embedding-model", default=os.environ.get("KLOOP_EVAL_EMBEDDING_MODEL", "")
+        # kloop up serves the exported embedder under this name (make embedder).
+        "--embedding-model",
+        default=os.environ.get("KLOOP_EVAL_EMBEDDING_MODEL", "embedder"),
     )
     parser.add_argument("--vector-size", type=int, default=384)
     parser.add_argument("--min-recall", type=float, default=0.0, help="exit 1 below this")
