@@ -870,7 +870,87 @@ def worker() -> dict[str, Any]:
     return dashboard(
         "kloop-worker",
         "kloop / Worker",
-        "Celery tasks (rate, failures, durations), batch scoring jobs. Queue depth: not exported yet (see deploy/README.md).",
+        "Celery tasks (rate, failures, durations), batch scoring jobs, queue depth.",
+        g,
+        variables(),
+    )
+
+
+def rag() -> dict[str, Any]:
+    g = Layout()
+    g.row("Answers")
+    g.add(
+        timeseries(
+            "Answers/s by mode and cache",
+            "none",
+            target(
+                rate(f"kloop_rag_answers_total{{{NS}}}", "mode, cached"),
+                "{{mode}} cached={{cached}}",
+            ),
+        )
+    )
+    g.add(
+        timeseries(
+            "Answer cache hit ratio",
+            "percentunit",
+            target(
+                ratio("kloop_rag_answer_cache_lookups_total", NS, 'result="hit"', ""), "hit ratio"
+            ),
+        )
+    )
+    g.add(
+        timeseries(
+            "Latency p50 / p99 by stage",
+            "s",
+            target(
+                quantile(0.5, "kloop_rag_stage_duration_seconds", NS, "stage"), "{{stage}} p50", "A"
+            ),
+            target(
+                quantile(0.99, "kloop_rag_stage_duration_seconds", NS, "stage"),
+                "{{stage}} p99",
+                "B",
+            ),
+            desc="retrieve (vector store), generate (LLM or extractive), total.",
+        ),
+        w=24,
+    )
+    g.row("LLM spend")
+    g.add(
+        timeseries(
+            "Tokens/s by model and kind",
+            "none",
+            target(
+                rate(f"kloop_rag_llm_tokens_total{{{NS}}}", "model, kind"), "{{model}} {{kind}}"
+            ),
+            desc="input (uncached), output, cache_read and cache_creation input tokens.",
+        )
+    )
+    g.add(
+        timeseries(
+            "Cost per day (USD) by model",
+            "currencyUSD",
+            target(
+                f"sum by (model) (increase(kloop_rag_llm_cost_usd_total{{{NS}}}[1d]))", "{{model}}"
+            ),
+            desc="From the per-model price table in the rag service's settings.",
+        )
+    )
+    g.add(
+        timeseries(
+            "LLM calls/s by outcome",
+            "none",
+            target(
+                rate(f"kloop_rag_llm_requests_total{{{NS}}}", "model, outcome"),
+                "{{model}} {{outcome}}",
+            ),
+            desc="After the SDK's retries: ok, timeout, rate_limited, overloaded, error.",
+        ),
+        w=24,
+    )
+    return dashboard(
+        "kloop-rag",
+        "kloop / RAG",
+        "Answers (mode, cache), latency per stage, LLM tokens, cost per day and call outcomes.",
         g,
         variables(),
     )
@@ -884,6 +964,7 @@ def main() -> None:
         "gateway": gateway(),
         "loop": loop(),
         "worker": worker(),
+        "rag": rag(),
     }
     check = "--check" in sys.argv[1:]
     stale = []

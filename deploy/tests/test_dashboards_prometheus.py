@@ -23,15 +23,19 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from concurrent import futures
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from kloop_client.local import free_port
 
@@ -68,6 +72,12 @@ MAY_BE_EMPTY: dict[tuple[str, str, str], str] = {
         "Retrain triggers (drift monitor)",
         "C",
     ): "send failures: the series exists only once a retrain request failed; none does",
+    (
+        "loop.json",
+        "Retrain triggers (drift monitor)",
+        "B",
+    ): "suppressed triggers: only when drift persists past the first trigger (cooldown), "
+    "which depends on how many windows close before the canary is promoted",
     ("gateway.json", "Auth failures/s by reason", "*"): "the demo always sends a valid key",
     (
         "gateway.json",
@@ -76,7 +86,9 @@ MAY_BE_EMPTY: dict[tuple[str, str, str], str] = {
     ): "the demo sets no shadow traffic",
     ("gateway.json", "Shadow score difference p50 / p99", "*"): "the demo sets no shadow traffic",
     ("gateway.json", "Shadow requests/s by outcome", "*"): "the demo sets no shadow traffic",
-    ("gateway.json", "Feedback/s by result", "*"): "the demo gives no feedback labels",
+    ("rag.json", "Tokens/s by model and kind", "*"): "no API key here: answers are extractive",
+    ("rag.json", "Cost per day (USD) by model", "*"): "no API key here: answers are extractive",
+    ("rag.json", "LLM calls/s by outcome", "*"): "no API key here: answers are extractive",
 }
 
 
@@ -84,7 +96,15 @@ def kloop(
     env: dict[str, str], *args: str, timeout: float = 900
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*KLOOP, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+        [*KLOOP, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        # The repository, as for `make demo`: the embedder and the READMEs the RAG step
+        # ingests are there.
+        cwd=ROOT,
+        check=False,
     )
 
 
@@ -93,10 +113,56 @@ def _get(url: str, timeout: float = 10) -> Any:
         return json.load(response)
 
 
+class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
+    """A minimal OTLP/gRPC trace receiver: keeps (service.name, trace id, span name)."""
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[str, str, str]] = []
+        self._lock = threading.Lock()
+
+    def Export(
+        self, request: trace_service_pb2.ExportTraceServiceRequest, context: object
+    ) -> trace_service_pb2.ExportTraceServiceResponse:
+        with self._lock:
+            for resource_spans in request.resource_spans:
+                attributes = {
+                    a.key: a.value.string_value for a in resource_spans.resource.attributes
+                }
+                service = attributes.get("service.name", "")
+                for scope_spans in resource_spans.scope_spans:
+                    for span in scope_spans.spans:
+                        self.spans.append((service, span.trace_id.hex(), span.name))
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+    def services_in(self, trace_id: str) -> set[str]:
+        with self._lock:
+            return {service for service, tid, _ in self.spans if tid == trace_id}
+
+
 @pytest.fixture(scope="module")
-def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def otlp() -> Iterator[tuple[OtlpReceiver, str]]:
+    receiver = OtlpReceiver()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(receiver, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield receiver, f"http://127.0.0.1:{port}"
+    finally:
+        server.stop(grace=None)
+
+
+@pytest.fixture(scope="module")
+def platform(
+    tmp_path_factory: pytest.TempPathFactory, otlp: tuple[OtlpReceiver, str]
+) -> Iterator[dict[str, Any]]:
     if shutil.which("prometheus") is None:
         pytest.fail("no prometheus binary: `make test-tools` installs it (Debian package)")
+    # The embedder (a no-op when built), so that the demo's RAG step feeds the RAG panels.
+    built = subprocess.run(
+        ["make", "-s", "embedder"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert built.returncode == 0, built.stdout + built.stderr
     home = tmp_path_factory.mktemp("kloop-home")
     ports = {
         "REDIS_PORT": free_port(),
@@ -113,6 +179,12 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
         "KLOOP_LOCAL_HOME": str(home),
         "COLUMNS": "200",
         **{f"KLOOP_LOCAL_{name}": str(port) for name, port in ports.items()},
+        # Every service exports its spans to the test's OTLP receiver (the chart's
+        # otel.endpoint sets the same variables in-cluster).
+        **{
+            f"KLOOP_{s.upper().replace('-', '_')}_OTLP_ENDPOINT": otlp[1]
+            for s in (*GRPC_SERVICES, "worker")
+        },
     }
     up = kloop(env, "up")
     assert up.returncode == 0, up.stdout + up.stderr
@@ -245,3 +317,52 @@ def test_every_dashboard_query_runs_against_real_prometheus(
     assert not empty, "queries without data (fix them or list them in MAY_BE_EMPTY):\n" + "\n".join(
         empty
     )
+
+
+def _post(url: str, body: dict[str, Any], headers: dict[str, str]) -> Any:
+    request = urllib.request.Request(  # noqa: S310 (loopback)
+        url,
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", **headers},
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310
+        return json.load(response)
+
+
+def test_one_trace_spans_gateway_worker_inference_and_the_rag_hops(
+    platform: dict[str, Any], otlp: tuple[OtlpReceiver, str]
+) -> None:
+    receiver, _ = otlp
+    ports = platform["ports"]
+    token = (platform["home"] / "api-key").read_text().strip()
+    auth = {"Authorization": f"Bearer {token}"}
+
+    def traced(trace_id: str) -> dict[str, str]:
+        return {**auth, "traceparent": f"00-{trace_id}-{os.urandom(8).hex()}-01"}
+
+    predict_trace, job_trace, ask_trace = (os.urandom(16).hex() for _ in range(3))
+    _post(
+        f"http://127.0.0.1:{ports['GATEWAY_HTTP_PORT']}/v1/jobs",
+        {"model": "sentiment", "texts": ["traced batch job", "another row"]},
+        traced(job_trace),
+    )
+    _post(
+        f"http://127.0.0.1:{ports['GATEWAY_HTTP_PORT']}/v1/models/sentiment/predict",
+        {"text": f"a traced request {predict_trace}"},
+        traced(predict_trace),
+    )
+    _post(
+        f"http://127.0.0.1:{ports['RAG_HTTP_PORT']}/v1/ask",
+        {"question": "What does the drift monitor compute?", "collection": "docs"},
+        traced(ask_trace),
+    )
+    # Spans are exported in batches (every few seconds).
+    wanted = {
+        predict_trace: {"gateway", "inference"},
+        job_trace: {"gateway", "worker", "inference"},
+        ask_trace: {"rag", "vectorstore", "inference"},
+    }
+    deadline = time.monotonic() + 30
+    while any(not want <= receiver.services_in(t) for t, want in wanted.items()):
+        assert time.monotonic() < deadline, {t: receiver.services_in(t) for t in wanted}
+        time.sleep(0.5)

@@ -221,3 +221,40 @@ def test_unknown_http_methods_fold_into_one_label(client: TestClient) -> None:
     client.request("BREW", "/items/1")
     labels = {"service": "http-test", "route": "/items/{item_id}", "method": "other"}
     assert REGISTRY.get_sample_value("kloop_http_request_duration_seconds_count", labels)
+
+
+def test_bodies_over_the_limit_are_413_declared_or_streamed() -> None:
+    app = create_http_app(service="limit-test", max_body_bytes=100)
+
+    @app.post("/echo")
+    def echo(item: Item) -> Item:
+        return item
+
+    with TestClient(app) as c:
+        assert c.post("/echo", json={"name": "ok", "quantity": 1}).status_code == 200
+        declared = c.post("/echo", content=b"x" * 101, headers={"content-type": "application/json"})
+        assert declared.status_code == 413
+        assert declared.json()["error"]["code"] == "payload_too_large"
+        assert declared.headers["x-request-id"]
+
+        def chunks() -> Iterator[bytes]:  # no Content-Length: cut off while reading
+            yield b'{"name": "'
+            yield b"y" * 200
+
+        streamed = c.post("/echo", content=chunks(), headers={"content-type": "application/json"})
+        assert streamed.status_code == 413, streamed.text
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b'{"name": "caf\xe9", "quantity": 1}', "request body is not valid UTF-8"),
+        (b'{"name": ', "JSON decode error"),
+    ],
+)
+def test_undecodable_bodies_are_422_with_a_clear_message(
+    client: TestClient, body: bytes, message: str
+) -> None:
+    response = client.post("/items", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert message in response.json()["error"]["message"]

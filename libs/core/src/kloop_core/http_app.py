@@ -24,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from kloop_core.errors import KloopError, error_for_unexpected
+from kloop_core.errors import KloopError, PayloadTooLarge, Unprocessable, error_for_unexpected
 from kloop_core.logging import clean_request_id, get_logger, new_request_id, request_id_var
 from kloop_core.metrics import HTTP_DURATION, HTTP_REQUESTS, metrics_payload, set_build_info
 
@@ -103,8 +103,19 @@ async def _on_validation_error(_: Request, exc: Exception) -> Response:
     )
 
 
+# What FastAPI raises (as a 400) for a body json.loads cannot decode at all, e.g. bytes
+# that are not UTF-8; every other malformed body is a 422, so this one is too.
+_UNPARSABLE_BODY = "There was an error parsing the body"
+
+
 async def _on_http_exception(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
+    if (exc.status_code, exc.detail) == (400, _UNPARSABLE_BODY):
+        if isinstance(exc.__cause__, UnicodeDecodeError):
+            message = "request body is not valid UTF-8: send JSON encoded as UTF-8"
+        else:
+            message = "request body is not valid JSON"
+        return kloop_error_response(Unprocessable(message))
     message = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
     if exc.status_code in (204, 304):  # no body allowed
         return Response(status_code=exc.status_code, headers=exc.headers)
@@ -113,6 +124,43 @@ async def _on_http_exception(_: Request, exc: Exception) -> Response:
         status_code=exc.status_code,
         headers=exc.headers,
     )
+
+
+class BodySizeLimit:
+    """413 for bodies over `max_bytes`, decided while reading, never after buffering:
+    a declared Content-Length over the limit is refused before any byte is read, and a
+    chunked body is cut off at the first chunk that passes the limit. (FastAPI's own
+    `max_body_size` answers the first case in plain text, outside the error contract.)"""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            error = PayloadTooLarge(f"request body exceeds {self.max_bytes} bytes")
+            await kloop_error_response(error)(scope, receive, send)
+            return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    # FastAPI re-raises HTTPException from body reading (any other
+                    # exception there becomes a 400); the app's handler renders it.
+                    raise StarletteHTTPException(
+                        413, f"request body exceeds {self.max_bytes} bytes"
+                    )
+            return message
+
+        await self.app(scope, limited, send)
 
 
 class RequestContextMiddleware:
@@ -225,13 +273,18 @@ def create_http_app(
     readiness: Readiness | None = None,
     title: str | None = None,
     version: str = "0.1.0",
+    max_body_bytes: int | None = None,
 ) -> FastAPI:
-    """A FastAPI app with kloop's ops endpoints, error contract, ids, metrics, tracing.
+    """A FastAPI app with kloop's ops endpoints, error contract, ids, metrics, tracing,
+    and with `max_body_bytes`, a 413 for larger request bodies.
 
     Add routes to the returned app as usual (`app.include_router(...)`).
     """
     app = FastAPI(title=title or f"kloop {service}", version=version)
     set_build_info(service, version)
+    if max_body_bytes is not None:
+        # Added first = innermost: a 413 still gets the request id and is counted.
+        app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
 
     app.add_exception_handler(KloopError, _on_kloop_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)

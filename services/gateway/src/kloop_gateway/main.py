@@ -7,6 +7,7 @@ from collections.abc import Generator
 from contextlib import contextmanager
 
 import uvicorn
+from opentelemetry.instrumentation.celery import CeleryInstrumentor
 
 from kloop_core.logging import configure_logging, get_logger
 from kloop_core.settings import load_settings, redacted_dict
@@ -38,6 +39,8 @@ def main() -> None:
     settings = load_settings(GatewaySettings)  # bad env: one line per variable, exit 2
     configure_logging("gateway", settings.log_level, settings.log_format)
     configure_tracing("gateway", settings.otlp_endpoint)
+    # Jobs and documents go to the worker as Celery messages: the trace goes with them.
+    CeleryInstrumentor().instrument()
     log.info("starting", config=redacted_dict(settings))
     # SIGTERM: uvicorn drains HTTP, then the app's lifespan stops gRPC (with
     # shutdown_grace_seconds) and flushes the pending prediction records.

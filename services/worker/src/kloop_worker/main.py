@@ -20,6 +20,7 @@ from typing import Any
 
 from celery import Celery
 from celery.signals import setup_logging
+from opentelemetry.instrumentation.celery import CeleryInstrumentor
 from prometheus_client import REGISTRY, start_http_server
 
 from kloop_core.logging import configure_logging, get_logger
@@ -129,6 +130,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         print("\n".join(format_history(store.history(args[0], limit))))
         return
     configure_tracing("worker", settings.otlp_endpoint)
+    # A task runs in the trace of the request that sent it (and passes it on).
+    CeleryInstrumentor().instrument()
     log.info("starting", command=command, settings=redacted_dict(settings))
     if command == "beat":
         settings.beat_schedule_file.parent.mkdir(parents=True, exist_ok=True)
